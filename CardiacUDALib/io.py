@@ -1,0 +1,260 @@
+"""Reading and writing volumes and label maps, and the label value maps of the public data sets.
+
+Label files store the value the data set chose for each structure (MS-CMRSeg: 200/500/600, MMWHS:
+205/420/500/820). The networks need contiguous classes 0..N, so labels are mapped on read and mapped
+back on write with a :class:`LabelMap`, which also travels inside checkpoints so that a prediction is
+always written with the values of the data the model was trained on.
+
+Every check here fails with an :class:`~CardiacUDALib.errors.InputDataError` naming the file and the
+offending value, because these are the errors a user hits first and can fix themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from CardiacUDALib.atomic import atomic_path
+from CardiacUDALib.cases import VolumeCase
+from CardiacUDALib.errors import InputDataError
+
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+_INTEGRAL_TOLERANCE = 1e-3
+_GEOMETRY_TOLERANCE = 1e-4
+_USER_MAP_EXAMPLE = '"200:MYO,500:LV,600:RV"'
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Which file label value is which foreground class; class ``i`` (1-based) is ``values[i - 1]``."""
+
+    name: str
+    values: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        problem = _label_map_problem(self.values, self.class_names)
+        if problem:
+            raise InputDataError(f"label map {self.name!r}: {problem}")
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes plus background, i.e. the number of network outputs."""
+        return len(self.values) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "values": list(self.values), "class_names": list(self.class_names)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabelMap:
+        try:
+            return cls(
+                name=str(data["name"]),
+                values=tuple(int(v) for v in data["values"]),
+                class_names=tuple(str(n) for n in data["class_names"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputDataError(f"not a label map description: {data!r} ({error})") from error
+
+
+def _label_map_problem(values: tuple[int, ...], class_names: tuple[str, ...]) -> str | None:
+    """Why ``values``/``class_names`` cannot describe a label map, or None if they can."""
+    if not values:
+        return "it has no foreground class"
+    if len(values) != len(class_names):
+        return f"{len(values)} values but {len(class_names)} class names"
+    if any(v <= 0 for v in values):
+        return f"label values must be positive (0 is the background), got {list(values)}"
+    if len(set(values)) != len(values):
+        return f"duplicate label values in {list(values)}"
+    if len(values) > 255:
+        return f"{len(values)} classes; at most 255 fit the uint8 class images"
+    if any(not n for n in class_names) or len(set(class_names)) != len(class_names):
+        return f"class names must be unique and not empty, got {list(class_names)}"
+    return None
+
+
+LABEL_MAPS: dict[str, LabelMap] = {
+    "mscmrseg": LabelMap("mscmrseg", (200, 500, 600), ("MYO", "LV", "RV")),
+    "mmwhs": LabelMap("mmwhs", (205, 420, 500, 820), ("MYO", "LA", "LV", "AA")),
+}
+
+
+def parse_label_map(spec: str) -> LabelMap:
+    """A named map (a key of :data:`LABEL_MAPS`) or a user map ``"value:NAME,..."`` in class order."""
+    text = spec.strip()
+    if text.lower() in LABEL_MAPS:
+        return LABEL_MAPS[text.lower()]
+    syntax = f"use one of {', '.join(LABEL_MAPS)} or value:name pairs such as {_USER_MAP_EXAMPLE}"
+    values: list[int] = []
+    names: list[str] = []
+    for pair in text.split(","):
+        value, separator, name = pair.partition(":")
+        if not separator or not value.strip().lstrip("-").isdigit() or not name.strip():
+            raise InputDataError(f"cannot read label map {spec!r} at {pair.strip()!r}: {syntax}")
+        values.append(int(value))
+        names.append(name.strip())
+    problem = _label_map_problem(tuple(values), tuple(names))
+    if problem:
+        raise InputDataError(f"label map {spec!r}: {problem}; {syntax}")
+    return LabelMap("custom", tuple(values), tuple(names))
+
+
+def _read_series_folder(folder: Path) -> sitk.Image:
+    """The one DICOM series in ``folder``; several series are ambiguous, so the user must pick one."""
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputDataError(
+            f"{folder} is a folder without a DICOM series; give an image file or a DICOM folder"
+        )
+    if len(series_ids) > 1:
+        raise InputDataError(
+            f"{folder} holds {len(series_ids)} DICOM series ({', '.join(series_ids)}); "
+            "put each series in its own folder"
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+    return reader.Execute()
+
+
+def _read_volume(path: str | Path) -> sitk.Image:
+    """A scalar 3D image from a file or DICOM folder, in the pixel type of the file."""
+    source = Path(path)
+    if not source.exists():
+        raise InputDataError(f"{source} does not exist")
+    try:
+        image = _read_series_folder(source) if source.is_dir() else sitk.ReadImage(str(source))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise InputDataError(
+            f"cannot read {source} as an image (NIfTI, NRRD, MHA/MHD or a DICOM folder): {reason}"
+        ) from error
+    if image.GetDimension() != 3:
+        size = "x".join(str(s) for s in image.GetSize())
+        raise InputDataError(
+            f"{source} is a {image.GetDimension()}D image (size {size}); a 3D volume is needed"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputDataError(
+            f"{source} has {image.GetNumberOfComponentsPerPixel()} components per voxel (a vector or colour "
+            "image); a scalar volume is needed"
+        )
+    return image
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """A 3D float32 image; non-finite voxels are refused since they poison every normalisation.
+
+    SimpleITK builds on ITK 5, whose NIfTI reader already turns non-finite voxels into 0, so for
+    NIfTI files the check cannot fire; it does for NRRD, MHA/MHD and DICOM.
+    """
+    image = sitk.Cast(_read_volume(path), sitk.sitkFloat32)
+    non_finite = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+    if non_finite:
+        raise InputDataError(f"{path} has {non_finite} NaN or infinite voxel(s); fix or mask them first")
+    return image
+
+
+def _vector_text(values: tuple[float, ...]) -> str:
+    return "(" + ",".join(f"{v:g}" for v in values) + ")"
+
+
+def check_same_geometry(image: sitk.Image, other: sitk.Image, what: str) -> None:
+    """Refuse ``other`` (described by ``what``) unless it lies on the voxel grid of ``image``."""
+    differences = []
+    if other.GetSize() != image.GetSize():
+        differences.append(f"size {_vector_text(other.GetSize())} vs image {_vector_text(image.GetSize())}")
+    for aspect, getter in (
+        ("spacing", sitk.Image.GetSpacing),
+        ("origin", sitk.Image.GetOrigin),
+        ("direction", sitk.Image.GetDirection),
+    ):
+        mine, theirs = getter(image), getter(other)
+        if len(mine) != len(theirs) or not np.allclose(
+            theirs, mine, rtol=_GEOMETRY_TOLERANCE, atol=_GEOMETRY_TOLERANCE
+        ):
+            differences.append(f"{aspect} {_vector_text(theirs)} vs image {_vector_text(mine)}")
+    if differences:
+        raise InputDataError(f"{what} does not lie on the image grid: " + "; ".join(differences))
+
+
+def _integral_label_array(label: sitk.Image, path: str | Path) -> np.ndarray:
+    """The label voxels as int64; float files must hold whole numbers (up to rounding noise)."""
+    values = sitk.GetArrayFromImage(label)
+    if np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.int64)
+    rounded = np.rint(values)
+    not_integral = ~np.isfinite(values) | (np.abs(values - rounded) > _INTEGRAL_TOLERANCE)
+    if np.any(not_integral):
+        example = float(values[not_integral].flat[0])
+        raise InputDataError(
+            f"{path} is not a label map: it holds non-integer values such as {example:g} "
+            f"({int(np.count_nonzero(not_integral))} voxels)"
+        )
+    return rounded.astype(np.int64)
+
+
+def read_label(path: str | Path, label_map: LabelMap, reference: sitk.Image | None = None) -> sitk.Image:
+    """Classes 0..N (uint8) from a label file holding ``label_map``'s values; optionally on ``reference``'s grid."""
+    label = _read_volume(path)
+    if reference is not None:
+        check_same_geometry(reference, label, f"label map {path}")
+    values = _integral_label_array(label, path)
+    found = np.unique(values)
+    unknown = [int(v) for v in found if v != 0 and v not in label_map.values]
+    if unknown:
+        raise InputDataError(
+            f"{path} holds label value(s) {unknown} that are not in label map {label_map.name!r} "
+            f"(values {list(label_map.values)} for {list(label_map.class_names)}); choose the right map "
+            f"or give one such as {_USER_MAP_EXAMPLE}"
+        )
+    classes = np.zeros(values.shape, dtype=np.uint8)
+    for class_index, value in enumerate(label_map.values, start=1):
+        classes[values == value] = class_index
+    result = sitk.GetImageFromArray(classes)
+    result.CopyInformation(label)
+    return result
+
+
+def classes_to_values(classes: sitk.Image, label_map: LabelMap) -> sitk.Image:
+    """Contiguous classes back to the file label values (uint16, enough for every known data set)."""
+    class_array = sitk.GetArrayViewFromImage(classes)
+    if class_array.size and int(class_array.max()) >= label_map.num_classes:
+        raise ValueError(
+            f"class {int(class_array.max())} found but label map {label_map.name!r} has {label_map.num_classes} classes"
+        )
+    lookup = np.array((0, *label_map.values), dtype=np.uint16)
+    result = sitk.GetImageFromArray(lookup[class_array.astype(np.intp)])
+    result.CopyInformation(classes)
+    return result
+
+
+def check_label_not_empty(label: sitk.Image, path: str | Path) -> None:
+    """A source label with no structure teaches the segmenter nothing, and usually means a wrong file."""
+    if not np.any(sitk.GetArrayViewFromImage(label)):
+        raise InputDataError(
+            f"label map {path} contains no labelled voxel; check that it belongs to its image"
+        )
+
+
+def write_image(image: sitk.Image, path: str | Path) -> Path:
+    """Write atomically (no truncated file after a crash), compressed, format chosen by the extension."""
+    destination = Path(path)
+    if not destination.name.lower().endswith(WRITE_EXTENSIONS):
+        raise InputDataError(
+            f"cannot write {destination}: use one of the extensions {', '.join(WRITE_EXTENSIONS)}"
+        )
+    with atomic_path(destination) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+    return destination
+
+
+def load_case(case: VolumeCase, label_map: LabelMap) -> tuple[sitk.Image, sitk.Image | None]:
+    """The image of ``case`` and, if it has one, its label as classes on the image grid."""
+    image = read_image(case.image)
+    label = read_label(case.label, label_map, reference=image) if case.label is not None else None
+    return image, label

@@ -1,0 +1,18 @@
+"""Adaptation methods, one file each, all behind :class:`~CardiacUDALib.methods.base.AdaptationMethod`.
+
+Importing this package registers every method; ``get_method(key)`` returns its class.
+"""
+
+from CardiacUDALib.methods import adabn, source_only  # noqa: F401  (importing registers the methods)
+from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch, build_config
+from CardiacUDALib.methods.registry import METHODS, get_method, register_method
+
+__all__ = [
+    "METHODS",
+    "AdaptationMethod",
+    "MethodConfig",
+    "SliceBatch",
+    "build_config",
+    "get_method",
+    "register_method",
+]

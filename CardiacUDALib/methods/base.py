@@ -1,0 +1,175 @@
+"""The one interface every adaptation method implements (DESIGN.md §2.1).
+
+A method owns its networks and optimisers. The engine only calls :meth:`AdaptationMethod.train_step`
+with a source batch and a target batch, :meth:`segment` on target slices, :meth:`translate` where the
+method has a generator, and :meth:`state_dict` / :meth:`load_state_dict` for checkpoints. It knows
+nothing method-specific.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from CardiacUDALib.errors import CardiacUDAError
+
+
+@dataclass
+class SliceBatch:
+    """A batch of 2D (or 2.5D) slices: images ``[B, k, H, W]`` float, labels ``[B, H, W]`` long or None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> SliceBatch:
+        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
+        return SliceBatch(self.images.to(device, non_blocking=True), labels)
+
+
+@dataclass
+class MethodConfig:
+    """Training settings every method has; a method's own config subclasses this.
+
+    Defaults are each paper's; the ``fast`` preset of every method shrinks them for CPU demos and tests.
+    """
+
+    iterations: int = 800
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    lr_schedule: str = "poly"  # "poly": lr * (1 - step/iterations)^0.9; "constant"
+    context_slices: int = 1  # neighbouring slices as input channels (2.5D); must be odd
+    intensity: str | None = (
+        None  # None: the data's preprocessing preset; a method that needs one (VAE: minmax) sets it
+    )
+    augment: bool = True  # random flips, 90-degree rotations, intensity scale/shift (data.augment_batch)
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    validate_every: int = 100
+    checkpoint_every: int = 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class AdaptationMethod:
+    """Base class: subclasses set the class attributes and implement the verbs."""
+
+    key: ClassVar[str]
+    description: ClassVar[str]  # one line, shown by `cardiac-uda methods` and in the Slicer combo box
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "fast": {}}
+    uses_target: ClassVar[bool] = True  # False: the target images are not needed for training
+    can_translate: ClassVar[bool] = False
+    applies_adabn: ClassVar[bool] = False  # True: the engine re-estimates BatchNorm on the target at the end
+
+    def __init__(self, config: MethodConfig, num_classes: int, device: torch.device) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        self.device = device
+
+    # ---- verbs -------------------------------------------------------------------------------
+    def train_step(self, source: SliceBatch, target: SliceBatch | None) -> dict[str, float]:
+        """One iteration: forward, backward and optimiser steps; returns named scalar losses."""
+        raise NotImplementedError
+
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        """Target slices ``[B, k, H, W]`` -> class logits ``[B, C, H, W]``.
+
+        Does not change the networks' train/eval modes: the caller sets them (``eval_mode`` for inference;
+        AdaBN runs it with BatchNorm layers in train mode).
+        """
+        raise NotImplementedError
+
+    def translate(self, images: torch.Tensor) -> torch.Tensor:
+        """Source slices -> the same slices in the target's appearance (methods with a generator)."""
+        raise CardiacUDAError(f"method {self.key!r} has no image generator: it cannot translate images")
+
+    def networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    # ---- shared machinery --------------------------------------------------------------------
+    def learning_rate_factor(self, step: int) -> float:
+        """Multiplier of every optimiser's initial learning rate at ``step``; methods may override."""
+        if self.config.lr_schedule == "constant":
+            return 1.0
+        if self.config.lr_schedule == "poly":
+            return (1.0 - min(step, self.config.iterations) / max(self.config.iterations, 1)) ** 0.9
+        raise CardiacUDAError(f"unknown lr_schedule {self.config.lr_schedule!r}; use 'poly' or 'constant'")
+
+    def apply_learning_rate(self, step: int) -> None:
+        factor = self.learning_rate_factor(step)
+        for optimizer in self.optimizers().values():
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor
+
+    def train_mode(self) -> None:
+        for network in self.networks().values():
+            network.train()
+
+    def eval_mode(self) -> None:
+        for network in self.networks().values():
+            network.eval()
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """bfloat16 autocast on CUDA when ``amp`` is on (no loss scaling needed with bfloat16)."""
+        enabled = self.config.amp and self.device.type == "cuda"
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled):
+            yield
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "networks": {name: network.state_dict() for name, network in self.networks().items()},
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in self.optimizers().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        for name, network in self.networks().items():
+            network.load_state_dict(state["networks"][name])
+        if with_optimizers:
+            for name, optimizer in self.optimizers().items():
+                if name in state.get("optimizers", {}):
+                    optimizer.load_state_dict(state["optimizers"][name])
+
+
+def build_config(method: type[AdaptationMethod], preset: str = "paper", **overrides: Any) -> MethodConfig:
+    """The method's config: dataclass defaults, then the preset, then explicit overrides."""
+    if preset not in method.presets:
+        raise CardiacUDAError(
+            f"method {method.key!r} has no preset {preset!r}; choose one of {', '.join(method.presets)}"
+        )
+    values = {**method.presets[preset], **overrides}
+    known = {field.name for field in dataclasses.fields(method.config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CardiacUDAError(
+            f"unknown setting(s) {', '.join(unknown)} for method {method.key!r}; known: {', '.join(sorted(known))}"
+        )
+    config = method.config_class(**values)
+    if config.iterations < 1 or config.batch_size < 1:
+        raise CardiacUDAError(
+            f"iterations and batch_size must be at least 1 (got {config.iterations}, {config.batch_size})"
+        )
+    if config.context_slices < 1 or config.context_slices % 2 == 0:
+        raise CardiacUDAError(f"context_slices must be a positive odd number, not {config.context_slices}")
+    return config
+
+
+def config_from_dict(method: type[AdaptationMethod], values: dict[str, Any]) -> MethodConfig:
+    """Rebuild a saved config; tuples saved as lists come back as tuples where the default is one."""
+    fields = {field.name: field for field in dataclasses.fields(method.config_class)}
+    restored = {
+        name: tuple(value) if isinstance(value, list) and isinstance(fields[name].default, tuple) else value
+        for name, value in values.items()
+        if name in fields
+    }
+    return method.config_class(**restored)

@@ -1,0 +1,74 @@
+"""Shared fixtures: small phantom data sets and one trained source model, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from CardiacUDALib.engine import TrainOutcome, TrainRequest, train
+from CardiacUDALib.io import LABEL_MAPS, LabelMap
+from CardiacUDALib.phantom import PhantomDataset, write_phantom_dataset
+from CardiacUDALib.preprocess import PreprocessConfig
+
+torch.set_num_threads(2)
+
+TINY_SIZE = 64
+PHANTOM_SIZE = 96
+
+
+@pytest.fixture(scope="session")
+def label_map() -> LabelMap:
+    return LABEL_MAPS["mscmrseg"]
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> PhantomDataset:
+    """4 + 4 subjects at 64x64: for protocol tests where the model's quality does not matter."""
+    return write_phantom_dataset(tmp_path_factory.mktemp("tiny_phantom"), subjects=4, seed=3, size=TINY_SIZE)
+
+
+def tiny_request(
+    dataset: PhantomDataset, label_map: LabelMap, out_dir: Path, /, **changes: object
+) -> TrainRequest:
+    """A few-step ``source_only`` request on the tiny phantom; keyword arguments replace fields."""
+    request = TrainRequest(
+        method="source_only",
+        out_dir=out_dir,
+        source=dataset.source,
+        target=dataset.target,
+        validation=dataset.target[:1],
+        label_map=label_map,
+        preprocess=PreprocessConfig(size=TINY_SIZE),
+        preset="fast",
+        overrides={"iterations": 6, "validate_every": 3, "checkpoint_every": 3, "batch_size": 4},
+    )
+    for name, value in changes.items():
+        setattr(request, name, value)
+    return request
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> PhantomDataset:
+    """The demo-sized phantom (96x96): 10 source and 10 target subjects."""
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom"), subjects=10, seed=0, size=PHANTOM_SIZE)
+
+
+@pytest.fixture(scope="session")
+def trained_source_model(
+    phantom: PhantomDataset, label_map: LabelMap, tmp_path_factory: pytest.TempPathFactory
+) -> TrainOutcome:
+    """``source_only`` (fast preset) trained on phantom source subjects 0-7; 8-9 stay held out.
+
+    No validation set, so ``best.pt`` is the last checkpoint: nothing here looks at target labels.
+    """
+    request = TrainRequest(
+        method="source_only",
+        out_dir=tmp_path_factory.mktemp("source_only_run"),
+        source=phantom.source[:8],
+        label_map=label_map,
+        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
+        preset="fast",
+    )
+    return train(request)
