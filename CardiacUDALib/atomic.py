@@ -27,6 +27,12 @@ def full_suffix(path: Path) -> str:
     return path.suffix
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
@@ -37,6 +43,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(handle)
     temporary = Path(temporary_name)
+    # mkstemp creates the file readable by its owner only; give the output the usual umask mode.
+    os.chmod(temporary, 0o666 & ~_current_umask())
     try:
         yield temporary
         os.replace(temporary, destination)

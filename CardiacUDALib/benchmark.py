@@ -268,8 +268,6 @@ def run_method(
     settings: TrainingSettings,
     emit: EventSink = ignore_event,
     should_stop: StopCheck = never_stop,
-    initial_checkpoint: Path | None = None,
-    extra_overrides: Mapping[str, Any] | None = None,
 ) -> MethodRun:
     """Train ``key`` (resuming ``run_dir`` if it holds a run), segment and score every test set.
 
@@ -286,10 +284,9 @@ def run_method(
         label_map=settings.label_map,
         preprocess=settings.preprocess,
         preset=settings.preset,
-        overrides={**settings.overrides, **(extra_overrides or {})},
+        overrides=dict(settings.overrides),
         device=settings.device,
         seed=settings.seed,
-        initial_checkpoint=initial_checkpoint,
         adabn=settings.adabn,
     )
     job = {

@@ -34,6 +34,7 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 DEMO_DEFAULT_METHOD = "adabn"
 SEGMENTATION_SUFFIX = "_seg"
+IMAGE_TAG = "_image"
 PAIR_SEPARATOR = "="
 
 
@@ -137,7 +138,8 @@ def _run_stoppable(
 
 
 def _case_name(image: Path) -> str:
-    return image.name[: len(image.name) - len(full_suffix(image))]
+    """``case000_image.nii.gz`` -> ``case000``: the name ``find_cases`` gives the same file in a folder."""
+    return image.name[: len(image.name) - len(full_suffix(image))].removesuffix(IMAGE_TAG)
 
 
 def _existing(path_text: str, option: str) -> Path:

@@ -35,11 +35,11 @@ from CardiacUDALib.methods.adabn import adapt_batchnorm
 from CardiacUDALib.methods.base import MethodConfig, config_from_dict
 from CardiacUDALib.metrics import EvaluationTable, score_images, score_volume
 from CardiacUDALib.preprocess import PreprocessConfig, prepare_volume, restore_intensity, restore_labels
+from CardiacUDALib.runfolder import RunFolder
 
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 StopCheck = Callable[[], bool]
-STOP_FILE_NAME = "STOP"
 
 
 def ignore_event(event: Event) -> None:
@@ -157,29 +157,6 @@ class TrainOutcome:
     selection: str  # how best.pt was chosen, said in every report
 
 
-@dataclass(frozen=True)
-class RunFolder:
-    """Where a run keeps its files: ``checkpoints/last.pt``, ``checkpoints/best.pt``, ``history.json``, ``STOP``."""
-
-    root: Path
-
-    @property
-    def last(self) -> Path:
-        return self.root / "checkpoints" / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "checkpoints" / "best.pt"
-
-    @property
-    def history(self) -> Path:
-        return self.root / "history.json"
-
-    @property
-    def stop_file(self) -> Path:
-        return self.root / STOP_FILE_NAME
-
-
 def _method_and_preprocess(
     request: TrainRequest, resumed: Checkpoint | None, initial: Checkpoint | None
 ) -> tuple[type[AdaptationMethod], MethodConfig, PreprocessConfig]:
@@ -209,14 +186,30 @@ def _method_and_preprocess(
     return method_class, config, preprocess
 
 
-def _check_request(request: TrainRequest, method_class: type[AdaptationMethod]) -> LabelMap:
-    if request.label_map is None:
+def _check_request(
+    request: TrainRequest,
+    method_class: type[AdaptationMethod],
+    initial: Checkpoint | None,
+    needs_source: bool,
+) -> LabelMap:
+    """The run's label map (the request's, else the starting checkpoint's) after checking the inputs."""
+    label_map = request.label_map
+    if initial is not None:
+        trained_for = LabelMap.from_dict(initial.label_map)
+        if label_map is None:
+            label_map = trained_for
+        elif label_map.values != trained_for.values:
+            raise InputDataError(
+                f"{request.initial_checkpoint} was trained for {', '.join(trained_for.class_names)} "
+                f"(label values {list(trained_for.values)}); this run's label map has {list(label_map.values)}"
+            )
+    if label_map is None:
         raise InputDataError("no label map was given (e.g. 'mscmrseg', 'mmwhs' or '200:MYO,500:LV,600:RV')")
-    if not request.source:
+    if needs_source and not request.source:
         raise InputDataError("no labelled source volume was given")
     if (method_class.uses_target or request.adabn) and not request.target:
         raise InputDataError(f"method {method_class.key!r} adapts to the target domain: give target images")
-    return request.label_map
+    return label_map
 
 
 def _checkpoint(
@@ -279,7 +272,8 @@ def train(
     )
     initial = None if request.initial_checkpoint is None else load_checkpoint(request.initial_checkpoint)
     method_class, config, preprocess = _method_and_preprocess(request, resumed, initial)
-    label_map = _check_request(request, method_class)
+    needs_source = config.iterations > (resumed.step if resumed is not None else 0)
+    label_map = _check_request(request, method_class, initial, needs_source)
     finish_with_adabn = method_class.applies_adabn or request.adabn
     if config.iterations == 0 and initial is None and resumed is None:
         raise CardiacUDAError(
@@ -291,8 +285,10 @@ def train(
     def loaded(done: int, total: int, name: str) -> None:
         emit({"event": "status", "message": f"loaded {name} ({done}/{total})"})
 
-    source_pool = SlicePool(
-        load_volumes(request.source, label_map, preprocess, True, loaded), config.context_slices
+    source_pool = (
+        SlicePool(load_volumes(request.source, label_map, preprocess, True, loaded), config.context_slices)
+        if needs_source
+        else None
     )
     target_pool = (
         SlicePool(load_volumes(request.target, label_map, preprocess, False, loaded), config.context_slices)

@@ -34,7 +34,7 @@ _MISSING = "—"
 
 def _save_figure(figure: Figure, path: str | Path) -> Path:
     destination = Path(path)
-    FigureCanvasAgg(figure)
+    FigureCanvasAgg(figure)  # render with Agg: no GUI backend, no pyplot state
     with atomic_path(destination) as temporary:
         figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
     return destination

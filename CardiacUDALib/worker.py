@@ -18,9 +18,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from CardiacUDALib.engine import STOP_FILE_NAME, Event
+from CardiacUDALib.engine import Event
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.jobs import run_job
+from CardiacUDALib.runfolder import STOP_FILE_NAME
 
 
 def print_event(event: Event) -> None:

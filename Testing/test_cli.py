@@ -189,6 +189,16 @@ def test_evaluate_names_predictions_without_a_reference(cli_phantom, capsys, mon
     assert code == 1 and "no reference case for prediction(s) someone_else_seg.nii.gz" in err
 
 
+def test_file_pairs_are_named_like_folder_cases_and_target_labels_are_dropped(cli_phantom):
+    folder = cli_phantom / "ph/target"
+    pair = f"{folder}/case001_image.nii.gz={folder}/case001_label.nii.gz"
+    [case] = cli.cases_from_arguments([pair], "--validation", labelled=True)
+    assert case.name == "case001" and case.label == folder / "case001_label.nii.gz"
+    targets = cli.cases_from_arguments([str(folder)], "--target", labelled=False)
+    assert [c.name for c in targets] == ["case000", "case001", "case002", "case003"]
+    assert all(c.label is None for c in targets)
+
+
 def test_set_values_parse_as_json_when_they_can():
     assert cli.parse_settings(["iterations=20", "amp=false", "lr_schedule=poly", "learning_rate=2e-4"]) == {
         "iterations": 20,
@@ -252,6 +262,7 @@ def test_demo_writes_report_summary_and_overlays(tmp_path, one_thread):
 def test_demo_refuses_too_few_subjects_before_training(tmp_path):
     with pytest.raises(CardiacUDAError, match="more than 3 subjects"):
         run_demo(tmp_path, None, subjects=3)
+    assert not any(tmp_path.iterdir())
 
 
 # ---- benchmark -----------------------------------------------------------------------------------

@@ -155,9 +155,10 @@ def build_config(method: type[AdaptationMethod], preset: str = "paper", **overri
             f"unknown setting(s) {', '.join(unknown)} for method {method.key!r}; known: {', '.join(sorted(known))}"
         )
     config = method.config_class(**values)
-    if config.iterations < 1 or config.batch_size < 1:
+    if config.iterations < 0 or config.batch_size < 1:
         raise CardiacUDAError(
-            f"iterations and batch_size must be at least 1 (got {config.iterations}, {config.batch_size})"
+            f"iterations must be >= 0 (0: no training, start from a checkpoint) and batch_size >= 1 "
+            f"(got {config.iterations}, {config.batch_size})"
         )
     if config.context_slices < 1 or config.context_slices % 2 == 0:
         raise CardiacUDAError(f"context_slices must be a positive odd number, not {config.context_slices}")

@@ -1,0 +1,603 @@
+"""CardiacUDA: unsupervised cross-modality domain adaptation of cardiac segmentation, in 3D Slicer.
+
+This file is the thin Qt layer: the panel, its settings, and a timer that reads the worker's events.
+Everything else is in ``CardiacUDASlicerLib`` (Qt-free, tested on ``slicer-core``) and in the library
+``CardiacUDALib``. Neither torch nor the library is imported at file scope: the module must load, and
+its panel open, before PyTorch is installed. (No ``from __future__ import annotations`` either: the
+parameter node wrapper reads the annotations of its class as types.)
+"""
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+README_URL = "https://github.com/CardiacUDA/SlicerCardiacUDA#readme"
+SETTINGS_PREFIX = "CardiacUDA/"
+POLL_INTERVAL_MS = 200
+TERMINOLOGY_FILE_NAME = "SegmentationCategoryTypeModifier-CardiacUDA.term.json"
+
+
+class CardiacUDA(ScriptedLoadableModule):
+    """Module description shown in Slicer's module panel and Help."""
+
+    def __init__(self, parent: Any) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CardiacUDA")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CardiacUDA developers"]
+        self.parent.helpText = _(
+            "Adapts a cardiac segmentation network from a labelled source modality (e.g. bSSFP MRI or CT) to "
+            "unlabelled target volumes of another modality (e.g. LGE MRI), without any target label, and shows "
+            "the adapted segmentations as segments with standard terminology. Training runs in a background "
+            "process. See the <a href='{url}'>README</a> for a step-by-step tutorial and the batch mode."
+        ).format(url=README_URL)
+        self.parent.acknowledgementText = _(
+            "CardiacUDA implements, among others: Dou et al., 'Unsupervised Cross-Modality Domain Adaptation of "
+            "ConvNets for Biomedical Image Segmentations with Adversarial Loss', IJCAI 2018 (PnP-AdaNet); Wu and "
+            "Zhuang, 'Unsupervised Domain Adaptation With Variational Approximation for Cardiac Segmentation', "
+            "IEEE TMI 2021 (VarDA); Lu, Zheng and Gupta, 'Unsupervised Domain Adaptation for Cardiac "
+            "Segmentation: Towards Structure Mutual Information Maximization', CVPR Workshops 2022 (UDA-VAE++); "
+            "Qiao et al., 'Unsupervised Domain Adaptation with Contrastive Margin-Enhanced VAE for "
+            "Cross-Modality Cardiac Segmentation' (CMEVAE); Zeng et al., 'Contrastive Translation Learning for "
+            "Medical Image Segmentation', ICASSP; Hu, Wang and Shi, 'Contrastive Image Synthesis and "
+            "Self-supervised Feature Adaptation for Cross-Modality Biomedical Image Segmentation' (CISFA); Li et "
+            "al., 'Revisiting Batch Normalization For Practical Domain Adaptation', 2016 (AdaBN). Please cite the "
+            "method you use."
+        )
+        slicer.app.connect("startupCompleted()", self.loadTerminology)
+
+    def loadTerminology(self) -> None:
+        """Make the cardiac terminology selectable in the Segment Editor (the segments made here use it)."""
+        path = Path(self.parent.path).parent / "Resources" / "Terminology" / TERMINOLOGY_FILE_NAME
+        slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(path))
+
+
+@parameterNodeWrapper
+class CardiacUDAParameterNode:
+    """The panel's state, saved with the scene. Per-user choices (device, cache) live in QSettings."""
+
+    sourceVolume: vtkMRMLScalarVolumeNode
+    sourceSegmentation: vtkMRMLSegmentationNode
+    targetVolumes: list[vtkMRMLScalarVolumeNode]
+    referenceSegmentation: vtkMRMLSegmentationNode
+    roi: vtkMRMLMarkupsROINode
+    method: str = "source_only"
+    preset: str = "paper"
+    iterations: Annotated[int, WithinRange(0, 1_000_000)] = 0
+    outputSegmentation: vtkMRMLSegmentationNode
+    translatedVolume: vtkMRMLScalarVolumeNode
+    metricsTable: vtkMRMLTableNode
+
+
+def settingsValue(key: str, default: str = "") -> str:
+    return str(qt.QSettings().value(SETTINGS_PREFIX + key, default))
+
+
+def setSettingsValue(key: str, value: str) -> None:
+    qt.QSettings().setValue(SETTINGS_PREFIX + key, value)
+
+
+class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: inputs, method, train, pretrained model, outputs."""
+
+    def __init__(self, parent: Any = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None  # CardiacUDALogic
+        self._parameterNode: CardiacUDAParameterNode | None = None
+        self._parameterNodeGuiTag = None
+        self.execution = None  # CardiacUDASlicerLib.execution.RunExecution while a run is going on
+        self.executionTargets: list[vtkMRMLScalarVolumeNode] = []
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.timeout.connect(self.onPollWorker)
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CardiacUDA.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CardiacUDALogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.fillMethodComboBox()
+        self.fillDeviceComboBox()
+        self.ui.methodComboBox.currentIndexChanged.connect(self.onMethodChanged)
+        self.ui.presetComboBox.currentIndexChanged.connect(self.updateTimeEstimate)
+        self.ui.iterationsSpinBox.valueChanged.connect(self.updateTimeEstimate)
+        self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
+        self.ui.targetVolumesSelector.checkedNodesChanged.connect(self.onTargetsChanged)
+        self.ui.checkpointPathLineEdit.currentPath = settingsValue("LastCheckpoint")
+        self.ui.checkpointPathLineEdit.currentPathChanged.connect(self.onCheckpointChanged)
+        self.ui.trainButton.clicked.connect(self.onTrainButton)
+        self.ui.segmentWithModelButton.clicked.connect(lambda: self.onStartRun("segment"))
+        self.ui.adaptInstantlyButton.clicked.connect(lambda: self.onStartRun("adapt"))
+        self.ui.resumeRunButton.clicked.connect(self.onResumeRun)
+        self.ui.loadRunButton.clicked.connect(self.onLoadRun)
+        self.ui.openCacheButton.clicked.connect(self.onOpenCache)
+        self.ui.clearCacheButton.clicked.connect(self.onClearCache)
+        self.initializeParameterNode()
+        self.onMethodChanged()
+        self.onCheckpointChanged(self.ui.checkpointPathLineEdit.currentPath)
+
+    def fillMethodComboBox(self) -> None:
+        """One item per registered method (its key), described below the combo box; needs PyTorch."""
+        self.methodChoices = {}
+        try:
+            from CardiacUDASlicerLib.catalog import method_choices
+
+            self.methodChoices = {choice.key: choice for choice in method_choices()}
+        except ImportError as error:
+            logging.info(f"CardiacUDA: methods not listed yet ({error})")
+            self.ui.methodDescriptionLabel.text = _(
+                "PyTorch is not installed yet: the methods are listed once it is (it is installed when you "
+                "start a run, or with the PyTorch Utils module)."
+            )
+        for key, choice in self.methodChoices.items():
+            self.ui.methodComboBox.addItem(key)
+            self.ui.methodComboBox.setItemData(
+                self.ui.methodComboBox.count - 1, choice.description, qt.Qt.ToolTipRole
+            )
+
+    def fillDeviceComboBox(self) -> None:
+        """``auto``, CPU and every GPU that this PyTorch can use; the choice is remembered per user."""
+        try:
+            from CardiacUDASlicerLib.catalog import device_choices
+
+            choices = [(choice.name, choice.label) for choice in device_choices()]
+        except ImportError:
+            choices = [("auto", _("auto (GPU if available)")), ("cpu", _("CPU"))]
+        for name, label in choices:
+            self.ui.deviceComboBox.addItem(label, name)
+        remembered = self.ui.deviceComboBox.findData(settingsValue("Device", "auto"))
+        self.ui.deviceComboBox.currentIndex = max(remembered, 0)
+
+    # ---- parameter node ----------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Never leave a worker behind: a closed module or application stops its run."""
+        if self.execution is not None and not self.execution.finished:
+            self.execution.kill()
+        self.timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.sourceVolume:
+            self._parameterNode.sourceVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode: CardiacUDAParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.ui.targetVolumesSelector.blockSignals(True)
+            for node in self._parameterNode.targetVolumes:
+                self.ui.targetVolumesSelector.setCheckState(node, qt.Qt.Checked)
+            self.ui.targetVolumesSelector.blockSignals(False)
+            self._checkCanApply()
+
+    def onTargetsChanged(self) -> None:
+        """The checkable combo box has no parameter-node connector: copy its checked nodes by hand."""
+        if self._parameterNode:
+            self._parameterNode.targetVolumes = list(self.ui.targetVolumesSelector.checkedNodes())
+
+    # ---- enabled states and tooltips -----------------------------------------------------------
+
+    def _checkCanApply(self, caller: Any = None, event: Any = None) -> None:
+        """Each action is enabled only when its inputs are there; its tooltip says what is missing."""
+        from CardiacUDASlicerLib.adaptation import RunMode, missing_inputs
+
+        running = self.execution is not None and not self.execution.finished
+        inputs = self.currentInputs()
+        weights = self.currentCheckpointPath()
+        for button, mode, ready_tip in (
+            (self.ui.trainButton, RunMode.TRAIN, _("Train the method, then segment the targets.")),
+            (
+                self.ui.segmentWithModelButton,
+                RunMode.SEGMENT,
+                _("Segment the targets with the loaded model."),
+            ),
+            (
+                self.ui.adaptInstantlyButton,
+                RunMode.ADAPT,
+                _("Re-estimate the model's BatchNorm on the targets (seconds), then segment."),
+            ),
+        ):
+            missing = missing_inputs(inputs, mode, weights)
+            if running:
+                button.enabled = button is self.ui.trainButton
+                button.toolTip = _("Stop the run; a training keeps its last checkpoint and can be resumed.")
+            else:
+                button.enabled = not missing
+                button.toolTip = ready_tip if not missing else _("Missing: ") + "; ".join(missing)
+        self.updateTimeEstimate()
+
+    def currentInputs(self) -> Any:
+        from CardiacUDASlicerLib.adaptation import AdaptationInputs
+
+        node = self._parameterNode
+        if node is None:
+            return AdaptationInputs()
+        targets = list(node.targetVolumes)
+        references = (
+            {targets[0].GetID(): node.referenceSegmentation} if targets and node.referenceSegmentation else {}
+        )
+        return AdaptationInputs(node.sourceVolume, node.sourceSegmentation, targets, references, node.roi)
+
+    def currentCheckpointPath(self) -> Path | None:
+        text = self.ui.checkpointPathLineEdit.currentPath
+        return Path(text) if text and Path(text).is_file() else None
+
+    def currentDevice(self) -> str:
+        return self.ui.deviceComboBox.currentData or "auto"
+
+    # ---- method, device, time estimate ---------------------------------------------------------
+
+    def onMethodChanged(self) -> None:
+        choice = self.methodChoices.get(self.ui.methodComboBox.currentText)
+        if choice is None:
+            return
+        self.ui.methodDescriptionLabel.text = choice.description
+        preset = self.ui.presetComboBox.currentText
+        self.ui.presetComboBox.blockSignals(True)
+        self.ui.presetComboBox.clear()
+        for name in choice.presets:
+            self.ui.presetComboBox.addItem(name)
+        self.ui.presetComboBox.currentText = preset if preset in choice.presets else choice.presets[0]
+        self.ui.presetComboBox.blockSignals(False)
+        self.updateTimeEstimate()
+
+    def onDeviceChanged(self) -> None:
+        setSettingsValue("Device", self.currentDevice())
+        self.updateTimeEstimate()
+
+    def timeEstimateKey(self) -> str:
+        return f"SecondsPerStep/{self.ui.methodComboBox.currentText}/{self.ui.presetComboBox.currentText}/{self.currentDevice()}"
+
+    def updateTimeEstimate(self) -> None:
+        """Seconds per step as measured by the last run of this method, preset and device, and the total."""
+        choice = self.methodChoices.get(self.ui.methodComboBox.currentText)
+        measured = settingsValue(self.timeEstimateKey())
+        if choice is None or not measured:
+            self.ui.timeEstimateLabel.text = _(
+                "Time per step: measured during the first run of this method here."
+            )
+            return
+        iterations = self.ui.iterationsSpinBox.value or choice.iterations_by_preset.get(
+            self.ui.presetComboBox.currentText, 0
+        )
+        total_minutes = float(measured) * iterations / 60
+        self.ui.timeEstimateLabel.text = _(
+            "About {seconds:.2f} s per step here (last run): {iterations} steps take about {minutes:.0f} min."
+        ).format(seconds=float(measured), iterations=iterations, minutes=max(total_minutes, 1))
+
+    # ---- pretrained model and cache ------------------------------------------------------------
+
+    def onCheckpointChanged(self, path: str) -> None:
+        setSettingsValue("LastCheckpoint", path)
+        if not path:
+            self.ui.checkpointInfoLabel.text = _("No model loaded.")
+        elif self.currentCheckpointPath() is None:
+            self.ui.checkpointInfoLabel.text = _("File not found.")
+        else:
+            try:
+                from CardiacUDASlicerLib.catalog import describe_checkpoint
+
+                self.ui.checkpointInfoLabel.text = describe_checkpoint(path).summary()
+            except ImportError:
+                self.ui.checkpointInfoLabel.text = _(
+                    "PyTorch is needed to read the model (installed on first run)."
+                )
+            except Exception as error:  # noqa: BLE001  (the label is the place to say why the file is unusable)
+                self.ui.checkpointInfoLabel.text = str(error)
+        self._checkCanApply()
+
+    def onOpenCache(self) -> None:
+        folder = self.logic.cacheFolder()
+        folder.mkdir(parents=True, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    def onClearCache(self) -> None:
+        from CardiacUDASlicerLib.cache import clear_cache, folder_size_bytes
+
+        folder = self.logic.cacheFolder()
+        size_mb = folder_size_bytes(folder) / 2**20
+        question = _("Delete every stored run and weights file in {folder} ({size:.0f} MB)?").format(
+            folder=folder, size=size_mb
+        )
+        if not slicer.util.confirmOkCancelDisplay(question):
+            return
+        keep = None if self.execution is None or self.execution.finished else self.execution.run.root
+        freed = clear_cache(folder, keep)
+        self.log(_("Cache cleared: {size:.0f} MB freed.").format(size=freed / 2**20))
+
+    # ---- running -------------------------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+        logging.info(f"CardiacUDA: {text}")
+
+    def onTrainButton(self) -> None:
+        if self.execution is not None and not self.execution.finished:
+            self.log(_("Stopping: the running job saves its checkpoint first."))
+            self.execution.request_stop()
+            self.ui.trainButton.enabled = False
+            return
+        self.onStartRun("train")
+
+    def confirmInstall(self, question: str) -> bool:
+        return slicer.util.confirmOkCancelDisplay(
+            question, windowTitle=_("CardiacUDA: install Python packages")
+        )
+
+    def onStartRun(self, modeName: str) -> None:
+        from CardiacUDASlicerLib.adaptation import AdaptationSettings, RunMode
+
+        with slicer.util.tryWithErrorDisplay(_("CardiacUDA could not start."), waitCursor=True):
+            self.logic.ensureDependencies(self.confirmInstall)
+            if not self.methodChoices:
+                self.fillMethodComboBox()
+                self.onMethodChanged()
+            node = self._parameterNode
+            settings = AdaptationSettings(
+                method=node.method,
+                preset=node.preset,
+                iterations=node.iterations or None,
+                device=self.currentDevice(),
+                weights=self.currentCheckpointPath(),
+            )
+            mode = RunMode(modeName)
+            if mode is RunMode.ADAPT:
+                settings.method = self.logic.adaptInstantlyMethod
+            inputs = self.currentInputs()
+            self.startExecution(self.logic.startRun(inputs, settings, mode), inputs.target_volumes)
+
+    def onResumeRun(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Run folder to resume"), str(self.logic.runsFolder())
+        )
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("This run cannot be resumed."), waitCursor=True):
+            self.logic.ensureDependencies(self.confirmInstall)
+            self.startExecution(self.logic.resumeRun(Path(folder)), [])
+
+    def onLoadRun(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Run folder to load"), str(self.logic.runsFolder())
+        )
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The results of this run cannot be loaded."), waitCursor=True):
+            from CardiacUDASlicerLib.adaptation import AdaptationRun
+
+            self.showResults(self.logic.importRun(AdaptationRun.load(folder), []))
+
+    def startExecution(self, execution: Any, targets: list[vtkMRMLScalarVolumeNode]) -> None:
+        self.execution = execution
+        self.executionTargets = targets
+        self.ui.logTextEdit.clear()
+        self.log(_("Run folder: {folder}").format(folder=execution.run.root))
+        self.ui.progressBar.setRange(0, 0)  # busy until the first progress event
+        self.ui.trainButton.text = _("Cancel")
+        self.timer.start()
+        self._checkCanApply()
+
+    def onPollWorker(self) -> None:
+        """Read the worker's events (never blocking) and import the results once the run has ended."""
+        for event in self.execution.poll():
+            self.showEvent(event)
+        if not self.execution.finished:
+            return
+        self.timer.stop()
+        outcome = self.execution.outcome
+        self.ui.trainButton.text = _("Train and segment targets")
+        self.ui.progressBar.setRange(0, 100)
+        if outcome.error is not None:
+            self.log(_("Failed: {error}").format(error=outcome.error))
+            slicer.util.errorDisplay(outcome.error, windowTitle=_("CardiacUDA"))
+        elif outcome.stopped:
+            self.log(_("Stopped. Its last checkpoint is kept: 'Resume a run...' continues it."))
+        else:
+            with slicer.util.tryWithErrorDisplay(_("The results could not be imported."), waitCursor=True):
+                self.showResults(self.logic.importRun(self.execution.run, self.executionTargets))
+                self.log(_("Done."))
+        self._checkCanApply()
+
+    def showEvent(self, event: dict) -> None:
+        """Progress bar, log lines and the measured time per step."""
+        from CardiacUDASlicerLib.jobrunner import seconds_per_step
+
+        kind = event.get("event")
+        if kind == "progress":
+            self.ui.progressBar.setRange(0, int(event["total"]))
+            self.ui.progressBar.value = int(event["step"])
+            losses = ", ".join(f"{name} {value:.3g}" for name, value in event.get("losses", {}).items())
+            self.ui.progressBar.setFormat(f"{event.get('case', _('step'))} %v/%m {losses}")
+            measured = seconds_per_step(event)
+            if measured is not None:
+                setSettingsValue(self.timeEstimateKey(), f"{measured:.4f}")
+        elif kind == "validation":
+            self.log(_("Validation Dice: ") + ", ".join(f"{k} {v:.3f}" for k, v in event["dice"].items()))
+        elif kind in ("status", "log", "checkpoint", "stopped", "trained"):
+            self.log(str(event.get("message") or event.get("selection") or event.get("path") or kind))
+
+    def showResults(self, imported: Any) -> None:
+        """Select the new nodes as outputs and show the first target with its segmentation (and translation)."""
+        node = self._parameterNode
+        if imported.segmentations:
+            segmentation = next(iter(imported.segmentations.values()))
+            node.outputSegmentation = segmentation
+            target = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
+            slicer.util.setSliceViewerLayers(background=target, fit=True)
+        if imported.translations:
+            node.translatedVolume = imported.translations[0]
+            self.logic.showSideBySide(node.sourceVolume, imported.translations[0])
+        if imported.metrics_table is not None:
+            node.metricsTable = imported.metrics_table
+        self.ui.outputsCollapsibleButton.collapsed = False
+
+
+class CardiacUDALogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, usable without it (scripts, the self test); never opens a dialog itself."""
+
+    adaptInstantlyMethod = "adabn"
+
+    def getParameterNode(self) -> CardiacUDAParameterNode:
+        return CardiacUDAParameterNode(super().getParameterNode())
+
+    def cacheFolder(self) -> Path:
+        from CardiacUDASlicerLib.cache import cache_folder
+
+        return cache_folder(slicer.app.cachePath, settingsValue("CacheFolder") or None)
+
+    def runsFolder(self) -> Path:
+        return self.cacheFolder() / "runs"
+
+    def ensureDependencies(self, confirm: Any = None) -> None:
+        """Install missing packages; ``confirm`` asks the user (GUI), ``None`` installs without asking (batch)."""
+        from CardiacUDASlicerLib.dependencies import ensure_dependencies
+
+        if slicer.app.testingEnabled():
+            confirm = None
+        ensure_dependencies(confirm)
+
+    def startRun(self, inputs: Any, settings: Any, mode: Any) -> Any:
+        """Write the run's inputs and start its worker; returns the RunExecution (poll it, or ``wait()``)."""
+        from CardiacUDASlicerLib.adaptation import prepare_run
+        from CardiacUDASlicerLib.cache import new_run_folder
+        from CardiacUDASlicerLib.execution import RunExecution
+
+        run = prepare_run(
+            inputs,
+            settings,
+            mode,
+            new_run_folder(self.cacheFolder(), settings.method),
+            slicer.modules.segmentations.logic(),
+        )
+        execution = RunExecution(run)
+        execution.start()
+        return execution
+
+    def resumeRun(self, folder: Path) -> Any:
+        """Start the run's main job again: a stopped training continues from its last checkpoint."""
+        from CardiacUDASlicerLib.adaptation import AdaptationRun
+        from CardiacUDASlicerLib.execution import RunExecution
+
+        execution = RunExecution(AdaptationRun.load(folder))
+        execution.start()
+        return execution
+
+    def importRun(self, run: Any, targets: list[vtkMRMLScalarVolumeNode]) -> Any:
+        from CardiacUDASlicerLib.adaptation import import_results, target_nodes_by_case
+
+        return import_results(
+            run, slicer.mrmlScene, slicer.modules.segmentations.logic(), target_nodes_by_case(run, targets)
+        )
+
+    def process(self, inputs: Any, settings: Any, mode: Any) -> Any:
+        """Blocking run (scripts, tests): returns the imported results, raises with the worker's message."""
+        from CardiacUDALib.errors import CardiacUDAError
+
+        execution = self.startRun(inputs, settings, mode)
+        outcome = execution.wait(lambda event: logging.info(f"CardiacUDA: {event}"))
+        if outcome.error is not None or outcome.stopped:
+            raise CardiacUDAError(outcome.error or "the run was stopped")
+        return self.importRun(execution.run, inputs.target_volumes)
+
+    @staticmethod
+    def showSideBySide(source: vtkMRMLScalarVolumeNode | None, translated: vtkMRMLScalarVolumeNode) -> None:
+        """Source on the left, its translation into the target's appearance on the right."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None or source is None:
+            return
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        for viewName, volume in (("Red", source), ("Yellow", translated)):
+            composite = layoutManager.sliceWidget(viewName).mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(volume.GetID())
+        slicer.util.resetSliceViews()
+
+
+class CardiacUDATest(ScriptedLoadableModuleTest):
+    """In-Slicer self test: adapt a small phantom with the ``fast`` preset and check the segments."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_phantom_adaptation_gives_named_cardiac_segments()
+
+    def test_phantom_adaptation_gives_named_cardiac_segments(self) -> None:
+        import tempfile
+
+        from CardiacUDASlicerLib.dependencies import unmet_requirements
+
+        if unmet_requirements(["torch>=2.1"]):
+            self.delayDisplay("PyTorch is not installed: the adaptation test is skipped")
+            return
+        from CardiacUDASlicerLib.adaptation import AdaptationInputs, AdaptationSettings, RunMode
+        from CardiacUDASlicerLib.segmentations import load_segmentation_file
+        from CardiacUDASlicerLib.volumes import load_volume_file
+
+        from CardiacUDALib.phantom import write_phantom_dataset
+
+        self.delayDisplay("Writing a phantom")
+        phantom = write_phantom_dataset(Path(tempfile.mkdtemp()), subjects=1, seed=0, size=64)
+        source = load_volume_file(slicer.mrmlScene, phantom.source[0].image, "phantom source")
+        target = load_volume_file(slicer.mrmlScene, phantom.target[0].image, "phantom target")
+        labels = load_segmentation_file(phantom.source[0].label, source, slicer.modules.segmentations.logic())
+        inputs = AdaptationInputs(source, labels, [target])
+        settings = AdaptationSettings("source_only", preset="fast", iterations=20, preprocess={"size": 64})
+        self.delayDisplay("Training (fast preset)")
+        imported = CardiacUDALogic().process(inputs, settings, RunMode.TRAIN)
+        segmentation = imported.segmentations["phantom_target"].GetSegmentation()
+        self.assertEqual([segmentation.GetNthSegmentID(i) for i in range(3)], ["MYO", "LV", "RV"])
+        self.assertEqual(segmentation.GetSegment("LV").GetName(), "Left ventricle")
+        self.assertIn("87878005", segmentation.GetSegment("LV").GetTerminology())
+        self.delayDisplay("Test passed")

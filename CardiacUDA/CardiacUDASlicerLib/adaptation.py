@@ -1,0 +1,409 @@
+"""From MRML nodes to library jobs and back: the Qt-free logic that the panel and the batch script share.
+
+A run lives in one folder::
+
+    run.json                  what was asked (mode, method, label map, cases) and what came out
+    inputs/                   the nodes as NRRD files (exact geometry), cropped to the ROI where one was given
+    jobs/main.json            the train / segment job; jobs/evaluate.json when reference segmentations exist
+    work/                     the library's out_dir: checkpoints/, segmentations/, translations/, STOP
+    evaluation/metrics.json   per-volume Dice / ASSD / HD95
+
+Running the same ``jobs/main.json`` again resumes a stopped training (the library resumes from
+``work/checkpoints/last.pt``), and :func:`import_results` loads the results of any finished run again,
+reading the target volumes from ``inputs/`` when they are no longer in the scene.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import slicer
+
+from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.io import LabelMap
+from CardiacUDASlicerLib.catalog import CheckpointInfo, describe_checkpoint
+from CardiacUDASlicerLib.segmentations import (
+    label_image_from_segmentation,
+    label_map_from_segmentation,
+    segmentation_from_label_image,
+)
+from CardiacUDASlicerLib.tables import metrics_table_node
+from CardiacUDASlicerLib.volumes import (
+    add_volume_node,
+    crop_image_to_roi,
+    image_from_volume_node,
+    read_image_file,
+    write_image,
+)
+
+MANIFEST_NAME = "run.json"
+SEGMENTATION_FILE_SUFFIX = "_seg.nii.gz"  # what the library's segment_cases writes
+TRANSLATION_FILE_SUFFIX = "_translated.nii.gz"
+
+
+class RunMode(enum.Enum):
+    """What a run does with the method and the weights."""
+
+    TRAIN = "train"  # train the method (or resume it), then segment the targets and translate the source
+    ADAPT = "adapt"  # adapt trained weights to the targets without training (AdaBN), then segment
+    SEGMENT = "segment"  # segment (and translate) with trained weights as they are
+
+
+@dataclass
+class AdaptationInputs:
+    """The nodes a run reads; a reference segmentation per target (by node ID) enables the Dice table."""
+
+    source_volume: slicer.vtkMRMLScalarVolumeNode | None = None
+    source_segmentation: slicer.vtkMRMLSegmentationNode | None = None
+    target_volumes: list[slicer.vtkMRMLScalarVolumeNode] = field(default_factory=list)
+    reference_segmentations: dict[str, slicer.vtkMRMLSegmentationNode] = field(default_factory=dict)
+    roi: slicer.vtkMRMLMarkupsROINode | None = None
+
+
+@dataclass
+class AdaptationSettings:
+    """How to train or apply: method, preset, iterations (None: the preset's), device, seed, weights."""
+
+    method: str
+    preset: str = "paper"
+    iterations: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    weights: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # method settings, as the CLI's --set
+    preprocess: dict[str, Any] = field(
+        default_factory=dict
+    )  # CardiacUDALib.preprocess.PreprocessConfig fields
+
+    def method_overrides(self, mode: RunMode) -> dict[str, Any]:
+        if mode is RunMode.ADAPT:
+            return {**self.overrides, "iterations": 0}  # AdaBN only: no training step
+        return {**self.overrides, **({"iterations": self.iterations} if self.iterations else {})}
+
+
+def needs_source(mode: RunMode) -> bool:
+    """Only training reads the labelled source; AdaBN from weights (``iterations=0``) needs targets alone."""
+    return mode is RunMode.TRAIN
+
+
+def missing_inputs(inputs: AdaptationInputs, mode: RunMode, weights: Path | None) -> list[str]:
+    """What the user still has to choose, in words: the Apply buttons' tooltips and the batch's error."""
+    missing = []
+    if needs_source(mode) and inputs.source_volume is None:
+        missing.append("a source volume (an image of the labelled domain)")
+    if needs_source(mode) and inputs.source_segmentation is None:
+        missing.append("a source segmentation (the labels of the source volume)")
+    if not inputs.target_volumes:
+        missing.append("at least one target volume (an unlabelled image of the other domain)")
+    if mode is not RunMode.TRAIN and weights is None:
+        missing.append("a trained model (Pretrained: a checkpoint file)")
+    return missing
+
+
+def choose_mode(method: str, checkpoint: CheckpointInfo | None) -> RunMode:
+    """The batch script's rule: no weights -> train; the weights' own method -> segment; AdaBN -> adapt them."""
+    if checkpoint is None:
+        return RunMode.TRAIN
+    if method == checkpoint.method:
+        return RunMode.SEGMENT
+    if method in checkpoint.adapts_with:
+        return RunMode.ADAPT
+    adapt = f", or {' / '.join(checkpoint.adapts_with)} to adapt it" if checkpoint.adapts_with else ""
+    raise InputDataError(
+        f"{checkpoint.path} is a {checkpoint.method} model, so method '{method}' cannot use it: "
+        f"choose method {checkpoint.method} to segment with it{adapt}, or leave out the weights to train {method}"
+    )
+
+
+@dataclass
+class RunCase:
+    """One volume of a run: its case name in the job files, the node it came from, and its files."""
+
+    name: str
+    node_name: str
+    image: str
+    label: str | None = None  # source: its labels; target: its reference segmentation, if any
+
+
+def case_names(node_names: list[str]) -> list[str]:
+    """File-safe, unique case names (``Case 1 (LGE)`` -> ``Case_1_LGE``)."""
+    names: list[str] = []
+    for node_name in node_names:
+        base = re.sub(r"[^A-Za-z0-9-]+", "_", node_name).strip("_") or "volume"
+        name, index = base, 2
+        while name in names:
+            name, index = f"{base}_{index}", index + 1
+        names.append(name)
+    return names
+
+
+@dataclass
+class AdaptationRun:
+    """A run folder's manifest; see the module docstring."""
+
+    root: Path
+    mode: RunMode
+    method: str
+    label_map: LabelMap
+    targets: list[RunCase]
+    source: RunCase | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def work_dir(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def main_job_file(self) -> Path:
+        return self.root / "jobs" / "main.json"
+
+    @property
+    def evaluate_job_file(self) -> Path:
+        return self.root / "jobs" / "evaluate.json"
+
+    def save(self) -> None:
+        document = {
+            "mode": self.mode.value,
+            "method": self.method,
+            "label_map": self.label_map.to_dict(),
+            "source": None if self.source is None else asdict(self.source),
+            "targets": [asdict(case) for case in self.targets],
+            "settings": self.settings,
+            "results": self.results,
+        }
+        temporary = self.root / f"{MANIFEST_NAME}.tmp"
+        temporary.write_text(json.dumps(document, indent=2), encoding="utf-8")
+        temporary.replace(self.root / MANIFEST_NAME)
+
+    @classmethod
+    def load(cls, root: str | Path) -> AdaptationRun:
+        path = Path(root) / MANIFEST_NAME
+        if not path.is_file():
+            raise InputDataError(f"{root} is not a CardiacUDA run folder (it has no {MANIFEST_NAME})")
+        document = json.loads(path.read_text(encoding="utf-8"))
+        return cls(
+            root=Path(root),
+            mode=RunMode(document["mode"]),
+            method=document["method"],
+            label_map=LabelMap.from_dict(document["label_map"]),
+            source=None if document["source"] is None else RunCase(**document["source"]),
+            targets=[RunCase(**case) for case in document["targets"]],
+            settings=document["settings"],
+            results=document.get("results", {}),
+        )
+
+    def main_job(self) -> dict[str, Any]:
+        """The job of the run's mode; for training, the same file resumes a stopped run."""
+        targets = [{"name": case.name, "image": case.image} for case in self.targets]
+        if self.mode is RunMode.SEGMENT:
+            return {
+                "task": "segment",
+                "checkpoint": self.settings["weights"],
+                "cases": targets,
+                "out_dir": str(self.work_dir / "segmentations"),
+                "device": self.settings["device"],
+            }
+        from CardiacUDALib.cases import VolumeCase
+        from CardiacUDALib.engine import TrainRequest
+        from CardiacUDALib.preprocess import PreprocessConfig
+
+        request = TrainRequest(
+            method=self.method,
+            out_dir=self.work_dir,
+            source=[]
+            if self.source is None
+            else [VolumeCase(self.source.name, Path(self.source.image), Path(self.source.label))],
+            target=[VolumeCase(case.name, Path(case.image)) for case in self.targets],
+            label_map=self.label_map,
+            preprocess=PreprocessConfig.from_dict(self.settings["preprocess"]),
+            preset=self.settings["preset"],
+            overrides=self.settings["overrides"],
+            device=self.settings["device"],
+            seed=self.settings["seed"],
+            initial_checkpoint=None if self.mode is RunMode.TRAIN else Path(self.settings["weights"]),
+        )
+        source = [] if self.source is None else [{"name": self.source.name, "image": self.source.image}]
+        return {"task": "train", **request.to_dict(), "segment": targets, "translate": source}
+
+    def evaluation_job(self, segmentations: list[str]) -> dict[str, Any] | None:
+        """Scores of the segmentations against the targets' reference segmentations, if any were given."""
+        by_case = {Path(path).name.removesuffix(SEGMENTATION_FILE_SUFFIX): path for path in segmentations}
+        pairs = [(by_case[case.name], case) for case in self.targets if case.label and case.name in by_case]
+        if not pairs:
+            return None
+        return {
+            "task": "evaluate",
+            "predictions": [prediction for prediction, _ in pairs],
+            "references": [
+                {"name": case.name, "image": case.image, "label": case.label} for _, case in pairs
+            ],
+            "label_map": self.label_map.to_dict(),
+            "out_dir": str(self.root / "evaluation"),
+        }
+
+    def record(self, result: dict[str, Any]) -> None:
+        """Keep a job's result (paths) in the manifest, so the run can be imported again later."""
+        self.results.update({key: value for key, value in result.items() if key != "stopped"})
+        self.save()
+
+
+def _in_roi(image: Any, roi: slicer.vtkMRMLMarkupsROINode | None, what: str) -> Any:
+    return image if roi is None else crop_image_to_roi(image, roi, what)
+
+
+def _export_source(
+    inputs: AdaptationInputs,
+    label_map: LabelMap,
+    inputs_dir: Path,
+    logic: slicer.vtkSlicerSegmentationsModuleLogic,
+) -> RunCase:
+    """The source volume and its labels (written with ``label_map``'s values) as NRRD files."""
+    volume = inputs.source_volume
+    (name,) = case_names([volume.GetName()])
+    labels = label_image_from_segmentation(inputs.source_segmentation, volume, label_map, logic)
+    image_path = write_image(image_from_volume_node(volume), inputs_dir / f"source_{name}.nrrd")
+    label_path = write_image(labels, inputs_dir / f"source_{name}_label.nrrd")
+    return RunCase(name, volume.GetName(), str(image_path), str(label_path))
+
+
+def _export_target(
+    inputs: AdaptationInputs,
+    node: slicer.vtkMRMLScalarVolumeNode,
+    name: str,
+    label_map: LabelMap,
+    inputs_dir: Path,
+    logic: slicer.vtkSlicerSegmentationsModuleLogic,
+) -> RunCase:
+    """A target volume (cropped to the ROI) and, when one was given, its reference segmentation."""
+    what = f"target volume '{node.GetName()}'"
+    image_path = write_image(
+        _in_roi(image_from_volume_node(node), inputs.roi, what), inputs_dir / f"{name}.nrrd"
+    )
+    reference = inputs.reference_segmentations.get(node.GetID())
+    label_path = None
+    if reference is not None:
+        labels = label_image_from_segmentation(reference, node, label_map, logic, require_every_class=False)
+        label_path = str(
+            write_image(_in_roi(labels, inputs.roi, what), inputs_dir / f"{name}_reference.nrrd")
+        )
+    return RunCase(name, node.GetName(), str(image_path), label_path)
+
+
+def prepare_run(
+    inputs: AdaptationInputs,
+    settings: AdaptationSettings,
+    mode: RunMode,
+    root: Path,
+    segmentations_logic: slicer.vtkSlicerSegmentationsModuleLogic,
+) -> AdaptationRun:
+    """Check the inputs, write them as files and the run's manifest; the jobs are built from the manifest.
+
+    The ROI restricts the *targets* (training images and segmentation): the source is used whole, its
+    labels already say where the heart is.
+    """
+    missing = missing_inputs(inputs, mode, settings.weights)
+    if missing:
+        raise InputDataError("missing: " + "; ".join(missing))
+    checkpoint = None if settings.weights is None else describe_checkpoint(settings.weights)
+    if mode is RunMode.ADAPT and settings.method not in checkpoint.adapts_with:
+        choose_mode(settings.method, checkpoint)  # raises with the advice
+    method = checkpoint.method if mode is RunMode.SEGMENT else settings.method
+    label_map = (
+        checkpoint.label_map if checkpoint else label_map_from_segmentation(inputs.source_segmentation)
+    )
+    inputs_dir = root / "inputs"
+    source = (
+        _export_source(inputs, label_map, inputs_dir, segmentations_logic) if needs_source(mode) else None
+    )
+    names = case_names([node.GetName() for node in inputs.target_volumes])
+    targets = [
+        _export_target(inputs, node, name, label_map, inputs_dir, segmentations_logic)
+        for name, node in zip(names, inputs.target_volumes)
+    ]
+    run = AdaptationRun(
+        root=root,
+        mode=mode,
+        method=method,
+        label_map=label_map,
+        source=source,
+        targets=targets,
+        settings={
+            "preset": settings.preset,
+            "overrides": settings.method_overrides(mode),
+            "device": settings.device,
+            "seed": settings.seed,
+            "weights": None if settings.weights is None else str(settings.weights),
+            "preprocess": settings.preprocess,
+        },
+    )
+    run.save()
+    return run
+
+
+@dataclass
+class ImportedResults:
+    """The nodes made from a run's files."""
+
+    segmentations: dict[str, slicer.vtkMRMLSegmentationNode] = field(default_factory=dict)  # by case name
+    translations: list[slicer.vtkMRMLScalarVolumeNode] = field(default_factory=list)
+    metrics_table: slicer.vtkMRMLTableNode | None = None
+
+
+def _target_node(
+    scene: slicer.vtkMRMLScene, case: RunCase, targets_in_scene: dict[str, slicer.vtkMRMLScalarVolumeNode]
+) -> slicer.vtkMRMLScalarVolumeNode:
+    """The target the segmentation belongs to: the node in the scene, or the run's copy of its image.
+
+    The run's copy is the (ROI-cropped) grid the prediction lies on, so it is also used when cropping
+    made the scene's node a different grid.
+    """
+    node = targets_in_scene.get(case.name)
+    image = read_image_file(Path(case.image))
+    if node is not None and node.GetImageData().GetDimensions() == image.GetSize():
+        return node
+    return add_volume_node(scene, image, f"{case.node_name} (CardiacUDA input)")
+
+
+def import_results(
+    run: AdaptationRun,
+    scene: slicer.vtkMRMLScene,
+    segmentations_logic: slicer.vtkSlicerSegmentationsModuleLogic,
+    targets_in_scene: dict[str, slicer.vtkMRMLScalarVolumeNode] | None = None,
+) -> ImportedResults:
+    """Segmentation nodes, translated volumes and the Dice table from the files a run has written.
+
+    ``targets_in_scene`` maps case names to the target nodes of the scene (see :func:`target_nodes_by_case`).
+    """
+    targets_in_scene = targets_in_scene or {}
+    imported = ImportedResults()
+    cases = {case.name: case for case in run.targets}
+    for path in run.results.get("segmentations", []):
+        case = cases[Path(path).name.removesuffix(SEGMENTATION_FILE_SUFFIX)]
+        reference = _target_node(scene, case, targets_in_scene)
+        imported.segmentations[case.name] = segmentation_from_label_image(
+            read_image_file(Path(path)),
+            run.label_map,
+            reference,
+            f"{case.node_name} segmentation ({run.method})",
+            segmentations_logic,
+        )
+    for path in run.results.get("translations", []):
+        node = add_volume_node(
+            scene, read_image_file(Path(path)), f"{run.source.node_name} translated ({run.method})"
+        )
+        imported.translations.append(node)
+    if run.results.get("json"):
+        metrics = json.loads(Path(run.results["json"]).read_text(encoding="utf-8"))
+        imported.metrics_table = metrics_table_node(scene, metrics, f"CardiacUDA scores ({run.method})")
+    return imported
+
+
+def target_nodes_by_case(run: AdaptationRun, nodes: list[slicer.vtkMRMLScalarVolumeNode]) -> dict[str, Any]:
+    """The run's case names -> the scene's target nodes, in the order they were given."""
+    return {case.name: node for case, node in zip(run.targets, nodes)}

@@ -1,0 +1,152 @@
+"""Headless CardiacUDA: adapt a segmentation model to target volumes and write the results as files.
+
+In Slicer (no window, no dialog)::
+
+    Slicer --no-main-window --python-script CardiacUDA/Scripts/batch.py \\
+        --source IMG --source-seg SEG --target IMG [--target IMG ...] --method KEY \\
+        [--preset fast] [--iterations N] [--set key=value ...] [--weights FILE] [--device auto] --out DIR
+
+With plain Python and the ``slicer-core`` wheel: ``python CardiacUDA/Scripts/batch.py`` and the same
+arguments. Without ``--weights`` it trains KEY (running the same command again resumes a stopped
+training from ``DIR/run``); with ``--weights`` of method KEY it segments with them as they are, and
+with ``--method adabn`` and a ``source_only`` checkpoint it adapts them instantly. Every target's
+segmentation is written to ``DIR/<target>.seg.nrrd``, the translated source (for methods that
+translate) to ``DIR/<source>_translated.nrrd``. Exit code 0 on success, 1 with a message on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the module folder: CardiacUDASlicerLib
+
+import slicer  # noqa: E402
+from CardiacUDASlicerLib.adaptation import (  # noqa: E402
+    AdaptationInputs,
+    AdaptationSettings,
+    choose_mode,
+    import_results,
+    prepare_run,
+    target_nodes_by_case,
+)
+from CardiacUDASlicerLib.jobrunner import WorkerUnavailableError  # noqa: E402
+from CardiacUDASlicerLib.mrml import application_context  # noqa: E402
+from CardiacUDASlicerLib.segmentations import load_segmentation_file, save_segmentation  # noqa: E402
+from CardiacUDASlicerLib.volumes import image_from_volume_node, load_volume_file, write_image  # noqa: E402
+
+from CardiacUDALib.errors import CardiacUDAError  # noqa: E402
+
+EXIT_SUCCESS = 0
+EXIT_FAILURE = 1
+
+
+class BatchArgumentParser(argparse.ArgumentParser):
+    """Usage errors exit with 1 like every other failure (argparse's own code is 2)."""
+
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_FAILURE, f"error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = BatchArgumentParser(prog="batch.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, help="labelled source image (needed unless --weights segment)")
+    parser.add_argument("--source-seg", type=Path, help="its segmentation: .seg.nrrd or a label image")
+    parser.add_argument("--target", type=Path, action="append", required=True, help="target image (repeat)")
+    parser.add_argument("--method", required=True, help="method key (cardiac-uda methods lists them)")
+    parser.add_argument("--preset", default="paper", help="method preset, e.g. 'fast' for a CPU demo")
+    parser.add_argument("--iterations", type=int, help="training iterations (default: the preset's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
+    parser.add_argument("--size", type=int, help="network slice size in pixels (default: the library's)")
+    parser.add_argument(
+        "--weights", type=Path, help="trained checkpoint: segment with it, or adapt it (adabn)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    return parser
+
+
+def print_event(event: dict) -> None:
+    """One line per event, so a log file of a long run says where it is."""
+    kind = event.get("event")
+    if kind == "progress":
+        losses = " ".join(f"{name} {value:.3g}" for name, value in event.get("losses", {}).items())
+        eta = f" eta {event['eta_s']:.0f} s" if event.get("eta_s") is not None else ""
+        print(f"{event.get('case', 'step')} {event['step']}/{event['total']} {losses}{eta}", flush=True)
+    elif kind in ("status", "log"):
+        print(event["message"], flush=True)
+    elif kind == "validation":
+        print("validation Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in event["dice"].items()), flush=True)
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    """Load the inputs, run the jobs through the worker, write the results; returns the files written."""
+    from CardiacUDASlicerLib.catalog import describe_checkpoint
+    from CardiacUDASlicerLib.execution import RunExecution
+
+    context = application_context()
+    if hasattr(slicer, "app"):  # inside Slicer: install what is missing, never asking
+        from CardiacUDASlicerLib.dependencies import ensure_dependencies
+
+        ensure_dependencies(confirm=None)
+    from CardiacUDALib.cli import parse_settings
+
+    inputs = AdaptationInputs(target_volumes=[load_volume_file(context.scene, path) for path in args.target])
+    if args.source is not None:
+        inputs.source_volume = load_volume_file(context.scene, args.source)
+        if args.source_seg is not None:
+            inputs.source_segmentation = load_segmentation_file(
+                args.source_seg, inputs.source_volume, context.segmentations_logic
+            )
+    settings = AdaptationSettings(
+        method=args.method,
+        preset=args.preset,
+        iterations=args.iterations,
+        device=args.device,
+        seed=args.seed,
+        weights=args.weights,
+        overrides=parse_settings(args.set),
+        preprocess={} if args.size is None else {"size": args.size},
+    )
+    mode = choose_mode(args.method, None if args.weights is None else describe_checkpoint(args.weights))
+    adaptation = prepare_run(inputs, settings, mode, args.out / "run", context.segmentations_logic)
+    execution = RunExecution(adaptation)
+    execution.start()
+    outcome = execution.wait(print_event)
+    if outcome.error is not None:
+        raise CardiacUDAError(outcome.error)
+    if outcome.stopped:
+        raise CardiacUDAError("stopped before the end; run the same command again to resume")
+    imported = import_results(
+        adaptation,
+        context.scene,
+        context.segmentations_logic,
+        target_nodes_by_case(adaptation, inputs.target_volumes),
+    )
+    written = [
+        save_segmentation(node, args.out / f"{case}.seg.nrrd")
+        for case, node in imported.segmentations.items()
+    ]
+    for node in imported.translations:
+        written.append(
+            write_image(image_from_volume_node(node), args.out / f"{adaptation.source.name}_translated.nrrd")
+        )
+    return written
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        written = run(args)
+    except (CardiacUDAError, WorkerUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    for path in written:
+        print(f"wrote {path}", flush=True)
+    return EXIT_SUCCESS
+
+
+sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,158 @@
+"""The job runner: events without blocking, graceful cancel with a checkpoint, no orphan process, resume."""
+
+from __future__ import annotations
+
+from slicer_fixtures import mrml_fixture  # noqa: F401  (the mrml fixture; puts CardiacUDA/ on sys.path)
+
+# isort: split
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from CardiacUDASlicerLib.adaptation import (
+    AdaptationInputs,
+    AdaptationRun,
+    AdaptationSettings,
+    RunMode,
+    import_results,
+    prepare_run,
+)
+from CardiacUDASlicerLib.execution import RunExecution
+from CardiacUDASlicerLib.jobrunner import STOP_FILE_NAME, WorkerJob, seconds_per_step
+from CardiacUDASlicerLib.segmentations import load_segmentation_file
+from CardiacUDASlicerLib.volumes import load_volume_file
+
+from CardiacUDALib.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find orphans")
+TIMEOUT_S = 120
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def poll_until(job, condition, timeout_s: float = TIMEOUT_S) -> list[dict]:
+    """Poll without blocking, as the panel's timer does, until ``condition(events so far)``."""
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while not condition(events):
+        assert time.monotonic() < deadline, f"timed out; events so far: {events[-5:]}"
+        events += job.poll()
+        time.sleep(0.05)
+    return events
+
+
+def test_the_job_runner_loads_without_torch():
+    """The module panel imports the runner at startup: the worker protocol's names must not pull in torch."""
+    probe = "import sys, CardiacUDASlicerLib.jobrunner; print('torch' in sys.modules)"
+    module_dir = Path(__file__).resolve().parents[1] / "CardiacUDA"
+    output = subprocess.run(
+        [sys.executable, "-c", probe], cwd=module_dir, capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "False"
+
+
+def test_seconds_per_step_comes_from_training_progress_only():
+    assert (
+        seconds_per_step(
+            {"event": "progress", "step": 10, "total": 110, "losses": {"loss": 1.0}, "eta_s": 50.0}
+        )
+        == 0.5
+    )
+    assert (
+        seconds_per_step(
+            {"event": "progress", "step": 1, "total": 2, "losses": {}, "eta_s": None, "case": "x"}
+        )
+        is None
+    )
+
+
+def test_cancel_keeps_a_checkpoint_leaves_no_process_and_the_run_resumes(mrml, tiny_phantom, tmp_path):
+    source = load_volume_file(mrml.scene, tiny_phantom.source[0].image, "bSSFP")
+    labels = load_segmentation_file(tiny_phantom.source[0].label, source, mrml.segmentations_logic)
+    target = load_volume_file(mrml.scene, tiny_phantom.target[0].image, "LGE")
+    settings = AdaptationSettings(
+        "source_only",
+        preset="fast",
+        iterations=100,
+        preprocess={"size": 64},
+        overrides={"batch_size": 2, "validate_every": 1000, "checkpoint_every": 1000},
+    )
+    run = prepare_run(
+        AdaptationInputs(source, labels, [target]),
+        settings,
+        RunMode.TRAIN,
+        tmp_path / "run",
+        mrml.segmentations_logic,
+    )
+    execution = RunExecution(run)
+    execution.start()
+    worker_pid = execution.current.process.pid
+    poll_until(execution, lambda events: any(e["event"] == "progress" and e["step"] >= 2 for e in events))
+    execution.request_stop()
+    events: list[dict] = []
+    outcome = execution.wait(events.append)
+    assert outcome.stopped and outcome.error is None and not outcome.killed and outcome.exit_code == 0
+    stopped_step = next(e["step"] for e in events if e["event"] == "stopped")
+    assert load_checkpoint(run.work_dir / "checkpoints" / "last.pt").step == stopped_step >= 2
+    assert not process_alive(worker_pid)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(worker_pid, 0)  # nothing is left in the worker's process group
+
+    reloaded = AdaptationRun.load(run.root)
+    reloaded.settings["overrides"]["iterations"] = stopped_step + 1  # finish quickly
+    reloaded.save()
+    resumed = RunExecution(reloaded)
+    resumed.start()
+    events = []
+    outcome = resumed.wait(events.append)
+    assert outcome.error is None and not outcome.stopped
+    training_steps = [e["step"] for e in events if e["event"] == "progress" and "case" not in e]
+    assert training_steps == [stopped_step + 1]
+    imported = import_results(reloaded, mrml.scene, mrml.segmentations_logic, {"LGE": target})
+    assert imported.segmentations["LGE"].GetSegmentation().GetNumberOfSegments() == 3
+
+
+STUBBORN_WORKER = textwrap.dedent(
+    """
+    import json, signal, subprocess, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print(json.dumps({"event": "status", "message": str(child.pid)}), flush=True)
+    print("a line that is not JSON", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_worker_that_ignores_the_stop_is_killed_with_its_children(tmp_path):
+    job = WorkerJob(
+        {"out_dir": str(tmp_path)},
+        tmp_path / "job.json",
+        [sys.executable, "-c", STUBBORN_WORKER],
+        stop_grace_s=0.5,
+    )
+    job.start()
+    events = poll_until(job, lambda events: len(events) >= 2)
+    assert events[1] == {"event": "log", "message": "a line that is not JSON"}
+    grandchild = int(events[0]["message"])
+    assert process_alive(grandchild)
+    job.request_stop()
+    assert (tmp_path / STOP_FILE_NAME).exists()
+    poll_until(job, lambda events: job.outcome() is not None)
+    outcome = job.outcome()
+    assert outcome.killed and outcome.stopped and "killed" in outcome.error
+    deadline = time.monotonic() + 10
+    while process_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(grandchild)
