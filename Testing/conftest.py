@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from CardiacUDALib.engine import TrainOutcome, TrainRequest, train
+from CardiacUDALib.engine import (
+    TrainedModel,
+    TrainOutcome,
+    TrainRequest,
+    evaluate_cases,
+    segment_cases,
+    train,
+)
 from CardiacUDALib.io import LABEL_MAPS, LabelMap
 from CardiacUDALib.phantom import PhantomDataset, write_phantom_dataset
 from CardiacUDALib.preprocess import PreprocessConfig
@@ -72,3 +79,9 @@ def trained_source_model(
         preset="fast",
     )
     return train(request)
+
+
+def mean_dice(checkpoint: Path, cases: list, label_map: LabelMap, out_dir: Path) -> float:
+    """Mean Dice over structures and cases of a checkpoint's segmentations of ``cases`` (labels needed)."""
+    model = TrainedModel.load(checkpoint, "cpu")
+    return evaluate_cases(segment_cases(model, cases, out_dir), cases, label_map).summary()["mean"]["dice"]

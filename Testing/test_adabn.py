@@ -7,11 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import PHANTOM_SIZE, tiny_request
+from conftest import PHANTOM_SIZE, mean_dice, tiny_request
 from torch import nn
 
 from CardiacUDALib.checkpoint import load_checkpoint
-from CardiacUDALib.engine import TrainedModel, TrainRequest, evaluate_cases, segment_cases, train
+from CardiacUDALib.engine import TrainRequest, train
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.methods import build_config, get_method
 from CardiacUDALib.methods.adabn import adapt_batchnorm, batchnorm_layers
@@ -108,11 +108,6 @@ def test_a_network_without_batchnorm_gets_a_clear_message(tiny_phantom, label_ma
         train(request)
 
 
-def mean_target_dice(checkpoint, cases, label_map, out_dir) -> float:
-    model = TrainedModel.load(checkpoint, "cpu")
-    return evaluate_cases(segment_cases(model, cases, out_dir), cases, label_map).summary()["mean"]["dice"]
-
-
 def test_adabn_from_a_source_checkpoint_beats_source_only_on_the_phantom_target(
     phantom, label_map, trained_source_model, tmp_path
 ):
@@ -132,8 +127,6 @@ def test_adabn_from_a_source_checkpoint_beats_source_only_on_the_phantom_target(
         saved.metadata["adabn"]["layers"] == 18 and saved.method_config["width"] == 8
     )  # architecture inherited
     test_cases = phantom.target[2:]
-    source_only = mean_target_dice(
-        trained_source_model.best_checkpoint, test_cases, label_map, tmp_path / "so"
-    )
-    with_adabn = mean_target_dice(adapted.best_checkpoint, test_cases, label_map, tmp_path / "bn")
+    source_only = mean_dice(trained_source_model.best_checkpoint, test_cases, label_map, tmp_path / "so")
+    with_adabn = mean_dice(adapted.best_checkpoint, test_cases, label_map, tmp_path / "bn")
     assert with_adabn > source_only + 0.05, (source_only, with_adabn)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import mean_dice
 from scipy import ndimage
 
 from CardiacUDALib.cases import find_cases
@@ -120,7 +121,7 @@ def test_image_and_label_share_geometry(subjects) -> None:
 
 
 def test_geometry_varies_between_subjects_like_c0_and_lge(subjects) -> None:
-    expected = {"source": ((2.2, 2.5), (8.0, 12.0), (8, 14)), "target": ((1.4, 1.6), (5.0, 5.0), (10, 18))}
+    expected = {"source": ((1.6, 1.8), (8.0, 12.0), (8, 14)), "target": ((1.4, 1.6), (5.0, 5.0), (10, 18))}
     for domain, domain_subjects in subjects.items():
         (low, high), (slice_low, slice_high), (count_low, count_high) = expected[domain]
         images = [image for image, _ in domain_subjects]
@@ -137,7 +138,7 @@ def test_geometry_varies_between_subjects_like_c0_and_lge(subjects) -> None:
 
 
 def test_heart_covers_more_voxels_in_target_than_in_source(subjects) -> None:
-    """The target's finer in-plane spacing makes the same anatomy ~1.6x wider in pixels (~2.5x the area)."""
+    """The target's finer in-plane spacing makes the same anatomy ~1.15x wider in pixels (~1.3x the area)."""
 
     def mean_heart_pixels_per_slice(domain: str) -> float:
         areas = []
@@ -146,7 +147,7 @@ def test_heart_covers_more_voxels_in_target_than_in_source(subjects) -> None:
             areas.extend(per_slice[per_slice > 0])
         return float(np.mean(areas))
 
-    assert mean_heart_pixels_per_slice("target") > 1.5 * mean_heart_pixels_per_slice("source")
+    assert mean_heart_pixels_per_slice("target") > 1.15 * mean_heart_pixels_per_slice("source")
 
 
 def _core_median(image: np.ndarray, mask: np.ndarray) -> float:
@@ -222,3 +223,14 @@ def test_levels_are_jittered_per_subject(rendered) -> None:
             for anatomy, image in domain_subjects
         ]
         assert max(blood_to_tissue) > 1.08 * min(blood_to_tissue)
+
+
+def test_source_only_scores_clearly_lower_on_the_target_than_on_held_out_source(
+    phantom, label_map, trained_source_model, tmp_path
+) -> None:
+    """The domain gap is real: the same model, held-out subjects of each domain."""
+    held_out_source = mean_dice(
+        trained_source_model.best_checkpoint, phantom.source[8:], label_map, tmp_path / "s"
+    )
+    target = mean_dice(trained_source_model.best_checkpoint, phantom.target[2:], label_map, tmp_path / "t")
+    assert held_out_source > 0.5 and target < held_out_source - 0.2, (held_out_source, target)
