@@ -252,6 +252,7 @@ class TrainingSettings:
     device: str = "auto"
     seed: int = 0
     adabn: bool = False  # finish every training by re-estimating BatchNorm on the target images
+    initial_checkpoint: Path | None = None  # start from these weights (e.g. adabn on a source_only model)
 
 
 def _read_history(path: Path) -> dict[str, Any]:
@@ -288,6 +289,7 @@ def run_method(
         device=settings.device,
         seed=settings.seed,
         adabn=settings.adabn,
+        initial_checkpoint=settings.initial_checkpoint,
     )
     job = {
         "task": "train",
@@ -431,6 +433,7 @@ def run_benchmark(
     dataset: str = "mscmrseg",
     command_line: str | None = None,
     adabn: bool = False,
+    initial_checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on the data set's split, test it, and write the report into ``out_dir``.
 
@@ -447,7 +450,14 @@ def run_benchmark(
     data_split = spec.split(Path(data_dir), split)
     out = Path(out_dir)
     settings = TrainingSettings(
-        spec.label_map, spec.preprocess, preset, dict(overrides or {}), device, seed, adabn
+        spec.label_map,
+        spec.preprocess,
+        preset,
+        dict(overrides or {}),
+        device,
+        seed,
+        adabn,
+        None if initial_checkpoint is None else Path(initial_checkpoint),
     )
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run = run_method(method, data_split, out, settings, emit, should_stop)
@@ -469,6 +479,7 @@ def run_benchmark(
         "preset": preset,
         "overrides": dict(overrides or {}),
         "adabn": adabn,
+        "initial_checkpoint": None if initial_checkpoint is None else str(initial_checkpoint),
         "seed": seed,
         "command": command,
         "machine": machine,
@@ -485,7 +496,8 @@ def run_benchmark(
         f"- Date (UTC): {date}\n"
         f"- Machine: {machine}\n"
         f"- Method: `{method}`: {method_class.description} Preset `{preset}`; overrides {dict(overrides or {})}; "
-        f"{'AdaBN on the target at the end; ' if adabn else ''}seed {seed}\n"
+        f"{'AdaBN on the target at the end; ' if adabn else ''}"
+        f"{f'started from `{initial_checkpoint}`; ' if initial_checkpoint else ''}seed {seed}\n"
         f"- Data: `{data_dir}`. {data_split.description}. No resampling (as released): every volume keeps its "
         f"own spacing; slices are cropped/padded to {spec.preprocess.size} x {spec.preprocess.size}, intensities "
         f"`{spec.preprocess.intensity}` unless the method sets its own.\n"

@@ -417,6 +417,7 @@ def command_benchmark(args: argparse.Namespace) -> int:
             dataset=args.dataset,
             command_line=command_line,
             adabn=args.adabn,
+            initial_checkpoint=None if args.init is None else _existing(args.init, "--init"),
         ),
         RESUME_HINT,
     )
@@ -689,6 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--adabn",
         action="store_true",
         help="finish by re-estimating BatchNorm statistics on the target images",
+    )
+    benchmark.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from these weights, e.g. `--method adabn --init bench/source_only/checkpoints/best.pt "
+        "--set iterations=0` adapts a trained source model in seconds",
     )
     _add_training_options(benchmark, "paper")
     benchmark.set_defaults(handler=command_benchmark)

@@ -178,12 +178,16 @@ def _method_and_preprocess(
         config = build_config(method_class, request.preset, **inherited)
         return method_class, config, PreprocessConfig.from_dict(initial.preprocess)
     config = build_config(method_class, request.preset, **request.overrides)
-    preprocess = dataclasses.replace(
-        request.preprocess,
+    return method_class, config, preprocess_for(config, request.preprocess)
+
+
+def preprocess_for(config: MethodConfig, preprocess: PreprocessConfig) -> PreprocessConfig:
+    """The data's preprocessing with what the method decides: its context slices and intensity preset."""
+    return dataclasses.replace(
+        preprocess,
         context_slices=config.context_slices,
-        intensity=config.intensity or request.preprocess.intensity,
+        intensity=config.intensity or preprocess.intensity,
     )
-    return method_class, config, preprocess
 
 
 def _check_request(
@@ -381,7 +385,11 @@ def train(
         save_checkpoint(
             _checkpoint(method, label_map, preprocess, step, metadata(), with_optimizers=False), run.best
         )
-        selection = f"no validation during training: the last weights (step {step})"
+        selection = (
+            f"no training: the weights of {request.initial_checkpoint}"
+            if step == 0 and initial is not None
+            else f"no validation during training: the last weights (step {step})"
+        )
     if finish_with_adabn:
         selection = (
             _finish_with_adabn(method, run, target_pool, validation, label_map, preprocess, emit) + selection
@@ -525,6 +533,36 @@ class TrainedModel:
         return restore_intensity(prepared, np.concatenate(translated))
 
 
+def _for_each_case(
+    cases: Sequence[VolumeCase],
+    out_dir: str | Path,
+    suffix: str,
+    produce: Callable[[sitk.Image], sitk.Image],
+    label_map: LabelMap,
+    emit: EventSink,
+    should_stop: StopCheck,
+) -> list[Path]:
+    """Read each case's image, write ``produce(image)`` as ``<case><suffix>``; a stop ends the loop early."""
+    written = []
+    for index, case in enumerate(cases):
+        if should_stop():
+            emit({"event": "stopped", "step": index})
+            break
+        image, _ = load_case(VolumeCase(case.name, case.image), label_map)
+        written.append(write_image(produce(image), Path(out_dir) / f"{case.name}{suffix}"))
+        emit(
+            {
+                "event": "progress",
+                "step": index + 1,
+                "total": len(cases),
+                "losses": {},
+                "eta_s": None,
+                "case": case.name,
+            }
+        )
+    return written
+
+
 def segment_cases(
     model: TrainedModel,
     cases: Sequence[VolumeCase],
@@ -533,52 +571,26 @@ def segment_cases(
     largest_component: bool = True,
     should_stop: StopCheck = never_stop,
 ) -> list[Path]:
-    """Segment every case; writes ``<case>_seg.nii.gz`` with the label map's file values. Returns the paths."""
-    written = []
-    for index, case in enumerate(cases):
-        if should_stop():
-            emit({"event": "stopped", "step": index})
-            break
-        image, _ = load_case(VolumeCase(case.name, case.image), model.label_map)
-        classes = model.segment_image(image, largest_component)
-        path = write_image(
-            classes_to_values(classes, model.label_map), Path(out_dir) / f"{case.name}_seg.nii.gz"
-        )
-        written.append(path)
-        emit(
-            {
-                "event": "progress",
-                "step": index + 1,
-                "total": len(cases),
-                "losses": {},
-                "eta_s": None,
-                "case": case.name,
-            }
-        )
-    return written
+    """Segment every case; writes ``<case>_seg.nii.gz`` with the label map's file values. Returns the paths
+    (fewer than ``cases`` when stopped)."""
+
+    def segment(image: sitk.Image) -> sitk.Image:
+        return classes_to_values(model.segment_image(image, largest_component), model.label_map)
+
+    return _for_each_case(cases, out_dir, "_seg.nii.gz", segment, model.label_map, emit, should_stop)
 
 
 def translate_cases(
-    model: TrainedModel, cases: Sequence[VolumeCase], out_dir: str | Path, emit: EventSink = ignore_event
+    model: TrainedModel,
+    cases: Sequence[VolumeCase],
+    out_dir: str | Path,
+    emit: EventSink = ignore_event,
+    should_stop: StopCheck = never_stop,
 ) -> list[Path]:
-    """Translate every case; writes ``<case>_translated.nii.gz``. Returns the paths."""
-    written = []
-    for index, case in enumerate(cases):
-        image, _ = load_case(VolumeCase(case.name, case.image), model.label_map)
-        written.append(
-            write_image(model.translate_image(image), Path(out_dir) / f"{case.name}_translated.nii.gz")
-        )
-        emit(
-            {
-                "event": "progress",
-                "step": index + 1,
-                "total": len(cases),
-                "losses": {},
-                "eta_s": None,
-                "case": case.name,
-            }
-        )
-    return written
+    """Translate every case; writes ``<case>_translated.nii.gz``. Returns the paths (fewer when stopped)."""
+    return _for_each_case(
+        cases, out_dir, "_translated.nii.gz", model.translate_image, model.label_map, emit, should_stop
+    )
 
 
 # ---- evaluation --------------------------------------------------------------------------------

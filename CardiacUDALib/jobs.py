@@ -93,12 +93,13 @@ def _run_train(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> 
             model, to_segment, request.out_dir / "segmentations", emit, should_stop=should_stop
         )
         result["segmentations"] = [str(p) for p in paths]
+        result["stopped"] = len(paths) < len(to_segment)
     to_translate = cases_from_json(job.get("translate", []), "translate")
-    if to_translate and model.can_translate:
+    if to_translate and model.can_translate and not result["stopped"]:
         emit({"event": "status", "message": f"translating {len(to_translate)} volume(s)"})
-        result["translations"] = [
-            str(p) for p in translate_cases(model, to_translate, request.out_dir / "translations", emit)
-        ]
+        paths = translate_cases(model, to_translate, request.out_dir / "translations", emit, should_stop)
+        result["translations"] = [str(p) for p in paths]
+        result["stopped"] = len(paths) < len(to_translate)
     return result
 
 
@@ -108,15 +109,18 @@ def _run_segment(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -
     paths = segment_cases(
         model, cases, _required(job, "out_dir"), emit, job.get("largest_component", True), should_stop
     )
-    return {"segmentations": [str(p) for p in paths], "label_map": model.label_map.to_dict()}
+    return {
+        "segmentations": [str(p) for p in paths],
+        "label_map": model.label_map.to_dict(),
+        "stopped": len(paths) < len(cases),
+    }
 
 
 def _run_translate(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
     model = TrainedModel.load(_required(job, "checkpoint"), job.get("device", "auto"))
-    paths = translate_cases(
-        model, cases_from_json(_required(job, "cases"), "cases"), _required(job, "out_dir"), emit
-    )
-    return {"translations": [str(p) for p in paths]}
+    cases = cases_from_json(_required(job, "cases"), "cases")
+    paths = translate_cases(model, cases, _required(job, "out_dir"), emit, should_stop)
+    return {"translations": [str(p) for p in paths], "stopped": len(paths) < len(cases)}
 
 
 def _run_evaluate(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from CardiacUDALib.checkpoint import load_checkpoint
 from CardiacUDALib.engine import TrainedModel, evaluate_cases, keep_largest_components, segment_cases, train
 from CardiacUDALib.errors import CardiacUDAError, CheckpointError, InputDataError
 from CardiacUDALib.io import read_image, read_label
+from CardiacUDALib.jobs import run_job
 from CardiacUDALib.methods import get_method
 from CardiacUDALib.methods.source_only import SourceOnly
 
@@ -160,3 +161,21 @@ def test_weighted_cross_entropy_is_finite_on_an_all_background_batch_and_weights
     labels = background.clone()
     labels[:, :2, :2] = 3  # 8 of 128 pixels
     assert class_fraction_weights(labels, 4).tolist() == pytest.approx([8 / 128, 1.0, 1.0, 1 - 8 / 128])
+
+
+def test_a_stop_during_segmentation_after_training_is_reported_as_stopped(tiny_phantom, label_map, tmp_path):
+    request = tiny_request(tiny_phantom, label_map, tmp_path / "run")
+    job = {
+        "task": "train",
+        **request.to_dict(),
+        "segment": [{"name": c.name, "image": str(c.image)} for c in tiny_phantom.target],
+    }
+    segmented: list[str] = []
+
+    def record(event: dict) -> None:
+        if event["event"] == "progress" and "case" in event:
+            segmented.append(event["case"])
+
+    result = run_job(job, record, should_stop=lambda: len(segmented) >= 2)
+    assert result["stopped"] is True and result["steps"] == 6
+    assert [p.split("/")[-1] for p in result["segmentations"]] == ["case000_seg.nii.gz", "case001_seg.nii.gz"]

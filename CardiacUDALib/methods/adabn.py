@@ -6,8 +6,8 @@ no weight changes, no labels, one pass over the target slices.
 
 How the statistics are estimated (:func:`adapt_batchnorm`): all BatchNorm layers normalise with the
 statistics of the current batch (as during training), every other layer is in eval mode (dropout
-off), and a forward pre-hook accumulates, in float64, the per-channel sum and sum of squares of each
-layer's input over **all** target pixels of all target slices. The running mean becomes the
+off), and a forward pre-hook accumulates the per-channel mean and variance of each layer's input over
+**all** target pixels of all target slices (batches merged exactly, in float64). The running mean becomes the
 population mean and the running variance the population (biased) variance of those inputs. Because
 the pass normalises with batch statistics, the result does not depend on the model's previous
 running statistics: applying AdaBN twice gives the same model.
@@ -33,23 +33,33 @@ from CardiacUDALib.methods.source_only import SourceOnly
 
 
 class _InputStatistics:
-    """Per-channel float64 sum, sum of squares and count of a layer's inputs, over every batch it sees."""
+    """Per-channel mean and (biased) variance of a layer's inputs over every batch it sees.
+
+    Each batch's mean and variance come from ``torch.var_mean`` (two-pass, in the activations' own
+    precision, no float64 copy of the activations); batches are merged in float64 with the exact
+    pairwise formula of Chan et al., so the result is the population statistic over all pixels.
+    """
 
     def __init__(self, channels: int) -> None:
-        self.total = torch.zeros(channels, dtype=torch.float64)
-        self.total_of_squares = torch.zeros(channels, dtype=torch.float64)
+        self.mean = torch.zeros(channels, dtype=torch.float64)
+        self.sum_of_squared_deviations = torch.zeros(channels, dtype=torch.float64)
         self.count = 0
 
     def __call__(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        values = inputs[0].detach().to(torch.float64).transpose(0, 1).reshape(inputs[0].shape[1], -1).cpu()
-        self.total += values.sum(dim=1)
-        self.total_of_squares += (values * values).sum(dim=1)
-        self.count += values.shape[1]
+        values = inputs[0].detach().float()
+        batch_variance, batch_mean = torch.var_mean(values, dim=(0, 2, 3), correction=0)
+        batch_count = values.numel() // values.shape[1]
+        batch_mean, batch_variance = batch_mean.cpu().double(), batch_variance.cpu().double()
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.mean += delta * (batch_count / total)
+        self.sum_of_squared_deviations += batch_variance * batch_count + delta * delta * (
+            self.count * batch_count / total
+        )
+        self.count = total
 
     def mean_and_variance(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.total / self.count
-        variance = (self.total_of_squares / self.count - mean * mean).clamp_min(0.0)
-        return mean, variance
+        return self.mean, self.sum_of_squared_deviations / self.count
 
 
 def batchnorm_layers(method: AdaptationMethod) -> list[nn.modules.batchnorm._BatchNorm]:
