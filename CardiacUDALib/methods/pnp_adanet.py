@@ -1,0 +1,330 @@
+"""``pnp_adanet``: plug-and-play adversarial feature adaptation (Dou et al. 2018; PnP-AdaNet, 2019).
+
+One resumable job in two phases, decided by counters kept in the method's state (saved in every
+checkpoint, so a resumed run continues in the right phase):
+
+1. **Source training** (``source_iterations`` steps): the dilated residual segmenter M^s
+   (:mod:`~CardiacUDALib.nets.dilated_resnet`) learns the labelled source with the hybrid loss of
+   Eq. 1 (class-weighted cross-entropy + Dice), Adam, learning rate x0.95 every 1500 steps (§3.4).
+2. **Adversarial adaptation** (every later step). At its first step the domain adaptation module
+   (DAM) becomes a copy of the segmenter's first ``adaptation_depth`` layers (§3.2); the higher layers
+   stay frozen and shared (Eq. 2-3). Every step updates the domain critic module (DCM,
+   :class:`~CardiacUDALib.nets.critic.ResidualCritic`) once on the Wasserstein objective (Eq. 6),
+   source features being the "real" side, and clips its weights; after a critic warm-up (as the
+   released code's "pre-train" stage), every ``critic_steps_per_dam_step``-th critic step is
+   followed by one DAM update (Eq. 5). Both use RMSProp, learning rate x0.98 every 100 DAM updates.
+
+The critic sees several feature levels concatenated (§3.3): the outputs of the stages ending at
+``critic_feature_depths`` layers, from the DAM where a level lies within it (M_A) and from the frozen
+layers otherwise (F_H); all of them are at 1/8 of the image size.
+
+Inference (``segment``) routes target images through the DAM and the frozen higher layers once
+adaptation has begun, through the source segmenter before (a phase-1 checkpoint is a plain
+source model). A checkpoint whose adaptation has not begun holds only a trained segmenter: it can
+initialise a run of any adaptation depth (``--init``), whose DAM is copied from that segmenter.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from CardiacUDALib.adversarial_losses import (
+    clip_weights,
+    wasserstein_critic_loss,
+    wasserstein_generator_loss,
+)
+from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.losses import soft_dice_loss, weighted_cross_entropy
+from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch
+from CardiacUDALib.methods.registry import register_method
+from CardiacUDALib.nets.critic import ResidualCritic
+from CardiacUDALib.nets.dilated_resnet import DilatedResNet
+
+
+@dataclass
+class PnPAdaNetConfig(MethodConfig):
+    # Schedule: `iterations` in all; the first `source_iterations` train the segmenter, the rest adapt.
+    # The paper gives no lengths: source training is the released code's 50k steps; adaptation is
+    # 2000 warm-up critic steps, then 2500 DAM updates of 20 critic steps each.
+    iterations: int = 102_000
+    source_iterations: int = 50_000
+    batch_size: int = 5  # §3.4 (the code: 10 for the segmenter, 6 for adaptation)
+    context_slices: int = 3  # three adjacent slices as channels (§3.4)
+    # Segmenter (§3.1) and its training (Eq. 1, §3.4)
+    width: int = 16
+    negative_slope: float = 0.2
+    upsample_channels_per_class: int = 8
+    learning_rate: float = 1e-3  # Adam
+    lr_schedule: str = "step"  # stepped decays counted in each phase's own updates, see apply_learning_rate
+    source_lr_decay: float = 0.95
+    source_lr_decay_every: int = 1500
+    weight_decay: float = 1e-4  # L2 on the segmenter, as the released code
+    dice_weight: float = 1.0  # lambda of Eq. 1
+    # Adaptation (§3.2-3.4)
+    adaptation_depth: int = 21  # d, in 3x3 conv layers: the paper ablates 13, 21, 31; the code uses 21
+    critic_feature_depths: tuple[int, ...] = (13, 21, 25, 31)  # the code's G4, G6, G7, G9 outputs
+    critic_width: int = 64
+    critic_max_width: int = 512
+    critic_stages: int = 3
+    # BatchNorm in the critic, as the released code (the paper does not say); see critic_scores. Without it
+    # ("none") the positively homogeneous critic lets the DAM raise its score by scaling features up without bound.
+    critic_norm: str = "batch"
+    adversarial_learning_rate: float = 3e-4  # RMSProp, DAM and critic
+    adversarial_lr_decay: float = 0.98
+    adversarial_lr_decay_every: int = 100  # DAM updates ("joint updates")
+    critic_steps_per_dam_step: int = 20
+    critic_steps_increase_every: int = (
+        0  # the code adds one critic step per DAM update every 300 of them; 0: fixed
+    )
+    critic_warmup_steps: int = 2000  # critic-only steps before the first DAM update (the code: 20100)
+    weight_clip: float = 0.03
+
+
+class PhaseCounters(nn.Module):
+    """The job's progress as buffers, so that every checkpoint (even one without optimisers) carries it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("source_steps", "critic_steps", "dam_steps", "critic_steps_since_dam_step"):
+            self.register_buffer(name, torch.zeros((), dtype=torch.int64))
+
+    def count(self, name: str) -> int:
+        return int(getattr(self, name))
+
+    def add(self, name: str, value: int = 1) -> None:
+        getattr(self, name).add_(value)
+
+
+@register_method
+class PnPAdaNet(AdaptationMethod):
+    key = "pnp_adanet"
+    description = (
+        "PnP-AdaNet (Dou et al.): dilated residual segmenter trained on the source, then its early layers "
+        "adapted to the target against a Wasserstein feature critic."
+    )
+    config_class = PnPAdaNetConfig
+    presets = {
+        "paper": {},
+        "fast": {
+            "iterations": 240,
+            "source_iterations": 150,
+            "batch_size": 4,
+            "width": 4,
+            "upsample_channels_per_class": 2,
+            "critic_width": 16,
+            "critic_max_width": 64,
+            "critic_steps_per_dam_step": 3,
+            "critic_warmup_steps": 30,
+            "adversarial_lr_decay_every": 10,
+            "validate_every": 60,
+            "checkpoint_every": 60,
+        },
+    }
+
+    def __init__(self, config: PnPAdaNetConfig, num_classes: int, device: torch.device) -> None:
+        super().__init__(config, num_classes, device)
+        if config.lr_schedule != "step":
+            raise CardiacUDAError(
+                "pnp_adanet decays its learning rates in steps (source_lr_decay, adversarial_lr_decay); "
+                f"lr_schedule must be 'step', not {config.lr_schedule!r}"
+            )
+        self.segmenter = DilatedResNet(
+            config.context_slices,
+            num_classes,
+            config.width,
+            config.negative_slope,
+            config.upsample_channels_per_class,
+        ).to(device)
+        try:
+            self.dam_stages = self.segmenter.stages_for_depth(config.adaptation_depth)
+            for depth in config.critic_feature_depths:
+                self.segmenter.stages_for_depth(depth)
+        except ValueError as error:
+            raise CardiacUDAError(f"pnp_adanet: {error}") from None
+        if not config.critic_feature_depths or (
+            min(config.critic_feature_depths) < self.segmenter.full_downsampling_depth
+        ):
+            raise CardiacUDAError(
+                "pnp_adanet: critic_feature_depths must name at least one level, all at 1/8 of the image size "
+                f"(depth >= {self.segmenter.full_downsampling_depth})"
+            )
+        # The DAM (§3.2): the same stages as the segmenter's first d layers, own weights.
+        self.dam = copy.deepcopy(self.segmenter.stages[: self.dam_stages])
+        critic_channels = sum(
+            self.segmenter.stage_channels[self.segmenter.stages_for_depth(depth) - 1]
+            for depth in config.critic_feature_depths
+        )
+        self.critic = ResidualCritic(
+            critic_channels,
+            config.critic_width,
+            config.critic_max_width,
+            config.critic_stages,
+            config.critic_norm,
+            config.negative_slope,
+        ).to(device)
+        self.counters = PhaseCounters().to(device)
+        self.segmenter_optimizer = torch.optim.Adam(
+            self.segmenter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.dam_optimizer = torch.optim.RMSprop(self.dam.parameters(), lr=config.adversarial_learning_rate)
+        self.critic_optimizer = torch.optim.RMSprop(
+            self.critic.parameters(), lr=config.adversarial_learning_rate
+        )
+
+    # ---- interface -----------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module]:
+        return {
+            "segmenter": self.segmenter,
+            "dam": self.dam,
+            "critic": self.critic,
+            "counters": self.counters,
+        }
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {
+            "segmenter": self.segmenter_optimizer,
+            "dam": self.dam_optimizer,
+            "critic": self.critic_optimizer,
+        }
+
+    @property
+    def adapting(self) -> bool:
+        """True once the DAM has been initialised from the segmenter (the first adaptation step)."""
+        return self.counters.count("critic_steps") > 0
+
+    def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        """Before adaptation the DAM and critic hold nothing trained: only the segmenter is loaded then."""
+        networks = state["networks"]
+        self.counters.load_state_dict(networks["counters"])
+        self.segmenter.load_state_dict(networks["segmenter"])
+        if self.adapting:
+            self.dam.load_state_dict(networks["dam"])
+            self.critic.load_state_dict(networks["critic"])
+        if with_optimizers:
+            for name, optimizer in self.optimizers().items():
+                if name in state.get("optimizers", {}):
+                    optimizer.load_state_dict(state["optimizers"][name])
+
+    def apply_learning_rate(self, step: int) -> None:
+        """§3.4's stepped decays, counted in each phase's own updates (not the job's ``step``)."""
+        config = self.config
+        source_factor = config.source_lr_decay ** (
+            self.counters.count("source_steps") // config.source_lr_decay_every
+        )
+        adversarial_factor = config.adversarial_lr_decay ** (
+            self.counters.count("dam_steps") // config.adversarial_lr_decay_every
+        )
+        for optimizer, factor in (
+            (self.segmenter_optimizer, source_factor),
+            (self.dam_optimizer, adversarial_factor),
+            (self.critic_optimizer, adversarial_factor),
+        ):
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor
+
+    def train_step(self, source: SliceBatch, target: SliceBatch | None) -> dict[str, float]:
+        if self.counters.count("source_steps") < self.config.source_iterations:
+            return self._source_step(source)
+        if target is None:
+            raise CardiacUDAError("pnp_adanet adapts to the target domain: give target images")
+        return self._adaptation_step(source, target)
+
+    @torch.no_grad()
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        """Target slices -> logits: DAM, then the frozen higher layers (Eq. 3); the segmenter before adaptation."""
+        with self.autocast():
+            front = self.dam if self.adapting else ()
+            return self.segmenter.forward_with_features(images, front)[0].float()
+
+    # ---- phase 1: source segmenter --------------------------------------------------------------
+    def _source_step(self, source: SliceBatch) -> dict[str, float]:
+        self.segmenter.train()
+        with self.autocast():
+            logits = self.segmenter(source.images)
+        # Eq. 1: class-weighted cross-entropy + lambda * Dice over all classes, background included
+        cross_entropy = weighted_cross_entropy(logits, source.labels)
+        dice = soft_dice_loss(logits.float(), source.labels, include_background=True)
+        loss = cross_entropy + self.config.dice_weight * dice
+        self.segmenter_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.segmenter_optimizer.step()
+        self.counters.add("source_steps")
+        return {"loss": loss.item(), "cross_entropy": cross_entropy.item(), "dice": dice.item()}
+
+    # ---- phase 2: adversarial adaptation --------------------------------------------------------
+    def initialise_dam(self) -> None:
+        """The DAM starts as the trained source layers it replaces (§3.2)."""
+        for dam_stage, source_stage in zip(self.dam, self.segmenter.stages):
+            dam_stage.load_state_dict(source_stage.state_dict())
+
+    def critic_inputs(self, images: torch.Tensor, through_dam: bool) -> torch.Tensor:
+        """The concatenated feature levels (M_A(x), F_H(x)) of §3.3, for source or (DAM) target images."""
+        with self.autocast():
+            _, levels = self.segmenter.forward_with_features(
+                images, self.dam if through_dam else (), self.config.critic_feature_depths
+            )
+            return torch.cat(levels, dim=1)
+
+    def critic_scores(
+        self, source_features: torch.Tensor, target_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D of both domains' features, scored as one batch.
+
+        One batch, so that the critic's BatchNorm normalises both domains with the same statistics:
+        scored separately (as the released code does) each domain would be normalised with its own,
+        and the critic could not see the first-order differences between them.
+        """
+        with self.autocast():
+            scores = self.critic(torch.cat([source_features, target_features])).float()
+        return scores[: len(source_features)], scores[len(source_features) :]
+
+    def _dam_steps_due(self) -> bool:
+        """After the warm-up, a DAM update every n critic steps; n may grow, as in the released code."""
+        config = self.config
+        if self.counters.count("critic_steps") <= config.critic_warmup_steps:
+            return False
+        required = config.critic_steps_per_dam_step
+        if config.critic_steps_increase_every:
+            required += self.counters.count("dam_steps") // config.critic_steps_increase_every
+        return self.counters.count("critic_steps_since_dam_step") >= required
+
+    def _adaptation_step(self, source: SliceBatch, target: SliceBatch) -> dict[str, float]:
+        if not self.adapting:
+            self.initialise_dam()
+        # Frozen and shared: the segmenter (BatchNorm in inference mode, no gradients to its weights).
+        self.segmenter.eval().requires_grad_(False)
+        self.dam.eval()  # its BatchNorm runs in training mode only during its own updates (released code)
+        self.critic.train()
+
+        # Critic update (Eq. 6): minimise E[D(target features)] - E[D(source features)], then clip.
+        with torch.no_grad():
+            source_features = self.critic_inputs(source.images, through_dam=False)
+            target_features = self.critic_inputs(target.images, through_dam=True)
+        critic_loss = wasserstein_critic_loss(*self.critic_scores(source_features, target_features))
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        clip_weights(self.critic, self.config.weight_clip)
+        self.counters.add("critic_steps")
+        self.counters.add("critic_steps_since_dam_step")
+        losses = {"critic": critic_loss.item(), "wasserstein_estimate": -critic_loss.item()}
+
+        if self._dam_steps_due():
+            # DAM update (Eq. 5): minimise -E[D(M_A(x^t), F_H(x^t))]; only the DAM's optimiser steps.
+            self.dam.train()
+            target_features = self.critic_inputs(target.images, through_dam=True)
+            dam_loss = wasserstein_generator_loss(self.critic_scores(source_features, target_features)[1])
+            self.dam_optimizer.zero_grad(set_to_none=True)
+            dam_loss.backward()
+            self.dam_optimizer.step()
+            self.dam.eval()
+            self.counters.add("dam_steps")
+            self.counters.critic_steps_since_dam_step.zero_()
+            losses["dam"] = dam_loss.item()
+        return losses

@@ -1,0 +1,189 @@
+"""PnP-AdaNet: the DAM starts as the source layers, only it and the critic learn, the WGAN steps move the
+scores the right way, clipping holds, the phases survive a checkpoint, and it helps on the phantom."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import PHANTOM_SIZE, mean_dice
+from torch import nn
+
+from CardiacUDALib.engine import TrainRequest, train
+from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.methods import SliceBatch, build_config, get_method
+from CardiacUDALib.methods.pnp_adanet import PnPAdaNet
+from CardiacUDALib.preprocess import PreprocessConfig
+
+NUM_CLASSES = 4
+SIZE = 32
+
+
+def small_method(**overrides: object) -> PnPAdaNet:
+    settings = {
+        "width": 2,
+        "upsample_channels_per_class": 1,
+        "critic_width": 8,
+        "critic_max_width": 16,
+        "critic_stages": 2,
+        "source_iterations": 2,
+        "critic_warmup_steps": 1000,  # critic steps only, unless a test asks for DAM updates
+        **overrides,
+    }
+    config = build_config(get_method("pnp_adanet"), "fast", **settings)
+    torch.manual_seed(0)
+    return PnPAdaNet(config, NUM_CLASSES, torch.device("cpu"))
+
+
+def batches(seed: int = 0) -> tuple[SliceBatch, SliceBatch]:
+    """A labelled source batch and a target batch with another contrast and offset."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, NUM_CLASSES, (4, SIZE, SIZE), generator=generator)
+    source = labels[:, None].float().expand(-1, 3, -1, -1) + 0.3 * torch.randn(
+        4, 3, SIZE, SIZE, generator=generator
+    )
+    target = 2.0 - 0.6 * source + 0.5 * torch.randn(4, 3, SIZE, SIZE, generator=generator)
+    return SliceBatch(source, labels), SliceBatch(target)
+
+
+def run_steps(method: PnPAdaNet, steps: int, seed: int = 0) -> None:
+    source, target = batches(seed)
+    for _ in range(steps):
+        method.apply_learning_rate(0)
+        method.train_step(source, target)
+
+
+def states_equal(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[name], second[name]) for name in first)
+
+
+def critic_scores(
+    method: PnPAdaNet, source: SliceBatch, target: SliceBatch
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean D(source features) and mean D(target features), in the modes the last update left."""
+    with torch.no_grad():
+        scores = method.critic_scores(
+            method.critic_inputs(source.images, through_dam=False),
+            method.critic_inputs(target.images, through_dam=True),
+        )
+    return scores[0].mean(), scores[1].mean()
+
+
+def test_the_dam_starts_equal_to_the_source_layers_it_replaces():
+    method = small_method()
+    source, target = batches()
+    run_steps(method, 2)  # phase 1: the segmenter learns the source
+    assert not method.adapting
+    method.eval_mode()
+    before_adaptation = method.segment(target.images)
+    run_steps(method, 1)  # the first adaptation step (a critic step) copies the layers into the DAM
+    assert method.adapting and method.counters.count("dam_steps") == 0
+    assert len(method.dam) == method.segmenter.stages_for_depth(21)
+    for dam_stage, source_stage in zip(method.dam, method.segmenter.stages):
+        assert states_equal(dam_stage.state_dict(), source_stage.state_dict())
+    method.eval_mode()
+    assert torch.equal(method.segment(target.images), before_adaptation)  # the router changes nothing yet
+
+
+def test_adaptation_leaves_the_frozen_segmenter_bit_identical():
+    method = small_method(critic_warmup_steps=1, critic_steps_per_dam_step=1)
+    run_steps(method, 2)
+    segmenter_before = copy.deepcopy(method.segmenter.state_dict())  # weights and BatchNorm statistics
+    method.segmenter.zero_grad(set_to_none=True)
+    run_steps(method, 1)
+    dam_before = copy.deepcopy(method.dam.state_dict())
+    run_steps(method, 5, seed=1)
+    assert method.counters.count("dam_steps") == 5
+    assert states_equal(method.segmenter.state_dict(), segmenter_before)
+    assert not states_equal(method.dam.state_dict(), dam_before)
+    assert all(parameter.grad is None for parameter in method.segmenter.parameters())  # none even computed
+
+
+# The two tests below check the direction of one update, so they take a small step: RMSProp's first
+# steps are large (about 10x the learning rate per weight) and a single one may overshoot.
+def test_a_critic_step_widens_the_source_minus_target_score():
+    method = small_method(adversarial_learning_rate=1e-5)
+    run_steps(method, 5)  # source training, then critic steps (weights already clipped)
+    source, target = batches(seed=2)
+    source_before, target_before = critic_scores(method, source, target)
+    method.train_step(source, target)
+    assert method.counters.count("dam_steps") == 0
+    source_after, target_after = critic_scores(method, source, target)
+    assert source_after - target_after > source_before - target_before
+
+
+def test_a_dam_step_raises_the_critics_score_of_target_features():
+    method = small_method(critic_warmup_steps=3, critic_steps_per_dam_step=1, adversarial_learning_rate=1e-5)
+    run_steps(method, 5)  # 2 source steps, 3 warm-up critic steps
+    source, target = batches(seed=3)
+    dam_before = copy.deepcopy(method.dam)
+    method.train_step(source, target)  # one critic step, then one DAM update
+    assert method.counters.count("dam_steps") == 1
+    method.dam.train()  # score as the DAM update saw it: DAM BatchNorm on the batch
+    dam_before.train()
+    _, after = critic_scores(method, source, target)
+    method.dam = dam_before
+    _, before = critic_scores(method, source, target)
+    assert after > before
+
+
+def test_critic_weights_stay_clipped_after_every_critic_step():
+    method = small_method(critic_warmup_steps=2, critic_steps_per_dam_step=2)
+    bound = method.config.weight_clip
+    clipped = [m.weight for m in method.critic.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert max(weight.abs().max().item() for weight in clipped) > bound  # not clipped to begin with
+    run_steps(method, 2)
+    for seed in range(6):
+        source, target = batches(seed)
+        method.train_step(source, target)
+        assert max(weight.abs().max().item() for weight in clipped) <= bound
+    assert method.counters.count("dam_steps") == 2
+
+
+def test_the_phase_survives_a_checkpoint_and_a_source_model_initialises_any_depth():
+    method = small_method(critic_warmup_steps=1, critic_steps_per_dam_step=1)
+    run_steps(method, 4)
+    resumed = small_method(critic_warmup_steps=1, critic_steps_per_dam_step=1)
+    resumed.load_state_dict(method.state_dict())
+    assert resumed.adapting and resumed.counters.count("dam_steps") == 1
+    assert states_equal(resumed.dam.state_dict(), method.dam.state_dict())
+
+    source_model = small_method()
+    run_steps(source_model, 2)  # phase 1 only
+    shallower = small_method(adaptation_depth=13)
+    shallower.load_state_dict({"networks": source_model.state_dict()["networks"]}, with_optimizers=False)
+    assert not shallower.adapting and shallower.counters.count("source_steps") == 2
+    run_steps(shallower, 1)  # no more source training: adaptation begins from the loaded segmenter
+    assert shallower.counters.count("source_steps") == 2 and shallower.adapting
+    assert states_equal(
+        shallower.dam.state_dict(), nn.ModuleList(source_model.segmenter.stages[:7]).state_dict()
+    )
+
+
+def test_bad_settings_get_a_clear_message():
+    with pytest.raises(CardiacUDAError, match="does not end a stage"):
+        small_method(adaptation_depth=12)
+    with pytest.raises(CardiacUDAError, match="1/8 of the image size"):
+        small_method(critic_feature_depths=(5, 21))
+    with pytest.raises(CardiacUDAError, match="lr_schedule must be 'step'"):
+        small_method(lr_schedule="poly")
+
+
+def test_pnp_adanet_fast_beats_source_only_on_the_phantom_target(
+    phantom, label_map, trained_source_model, tmp_path
+):
+    request = TrainRequest(
+        method="pnp_adanet",
+        out_dir=tmp_path / "pnp_adanet",
+        source=phantom.source[:8],
+        target=phantom.target,  # images only: target labels are never read for training
+        label_map=label_map,
+        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
+        preset="fast",
+    )
+    adapted = train(request)
+    test_cases = phantom.target[2:]
+    source_only = mean_dice(trained_source_model.best_checkpoint, test_cases, label_map, tmp_path / "so")
+    with_pnp = mean_dice(adapted.best_checkpoint, test_cases, label_map, tmp_path / "pnp")
+    assert with_pnp > source_only, (source_only, with_pnp)
