@@ -81,6 +81,28 @@ def trained_source_model(
     return train(request)
 
 
+@pytest.fixture(scope="session")
+def phantom_test_targets(phantom: PhantomDataset) -> list:
+    """Phantom target subjects 2-9: where every method is compared with ``source_only``."""
+    return phantom.target[2:]
+
+
+@pytest.fixture(scope="session")
+def source_only_target_dice(
+    trained_source_model: TrainOutcome,
+    phantom_test_targets: list,
+    label_map: LabelMap,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> float:
+    """Mean Dice of ``trained_source_model`` on the phantom test targets, computed once per session."""
+    return mean_dice(
+        trained_source_model.best_checkpoint,
+        phantom_test_targets,
+        label_map,
+        tmp_path_factory.mktemp("source_only_on_target"),
+    )
+
+
 def mean_dice(checkpoint: Path, cases: list, label_map: LabelMap, out_dir: Path) -> float:
     """Mean Dice over structures and cases of a checkpoint's segmentations of ``cases`` (labels needed)."""
     model = TrainedModel.load(checkpoint, "cpu")
