@@ -14,6 +14,7 @@ from CardiacUDALib.engine import TrainRequest, train
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.methods import SliceBatch, build_config, get_method
 from CardiacUDALib.methods.pnp_adanet import PnPAdaNet
+from CardiacUDALib.optimizers import rmsprop
 from CardiacUDALib.preprocess import PreprocessConfig
 
 NUM_CLASSES = 4
@@ -68,6 +69,29 @@ def critic_scores(
             method.critic_inputs(target.images, through_dam=True),
         )
     return scores[0].mean(), scores[1].mean()
+
+
+def test_rmsprop_starts_its_accumulator_as_asked_and_keeps_it_through_a_checkpoint():
+    gradient = torch.tensor([0.01, -0.5, 2.0])
+    weights = nn.Parameter(torch.zeros(3))
+    tf1 = rmsprop([weights], 3e-4)  # accumulator 1, decay 0.9 (TF1)
+    weights.grad = gradient
+    tf1.step()
+    mean_square = 0.9 + 0.1 * gradient**2
+    assert torch.allclose(weights.detach(), -3e-4 * gradient / (mean_square.sqrt() + 1e-10))
+    reloaded = rmsprop([nn.Parameter(torch.zeros(3))], 3e-4)
+    reloaded.load_state_dict(tf1.state_dict())
+    assert torch.equal(next(iter(reloaded.state.values()))["square_avg"], mean_square)
+
+    ours, pytorchs = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    like_pytorch = rmsprop([ours], 3e-4, decay=0.99, initial_mean_square=0.0, epsilon=1e-8)
+    reference = torch.optim.RMSprop([pytorchs], lr=3e-4)
+    for _ in range(3):
+        ours.grad, pytorchs.grad = gradient.clone(), gradient.clone()
+        like_pytorch.step()
+        reference.step()
+    assert torch.equal(ours, pytorchs)
+    assert abs(ours[0].item()) > 10 * abs(weights[0].item())  # from 0, even a tiny gradient takes a full step
 
 
 def test_the_dam_starts_equal_to_the_source_layers_it_replaces():
