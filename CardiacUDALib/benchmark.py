@@ -32,6 +32,7 @@ from CardiacUDALib.engine import (
     EventSink,
     RunFolder,
     StopCheck,
+    TrainedModel,
     TrainRequest,
     evaluate_cases,
     ignore_event,
@@ -44,7 +45,14 @@ from CardiacUDALib.jobs import run_job
 from CardiacUDALib.methods import get_method
 from CardiacUDALib.metrics import EvaluationTable, _nan_to_none
 from CardiacUDALib.preprocess import PreprocessConfig
-from CardiacUDALib.report import AnchorRow, comparison_markdown, overlay_png, plot_training_curve
+from CardiacUDALib.report import (
+    AnchorRow,
+    TranslationExample,
+    comparison_markdown,
+    overlay_png,
+    plot_training_curve,
+    translation_grid_png,
+)
 
 DATA_ENVIRONMENT_VARIABLE = "CARDIACUDA_DATA"
 SPLITS = ("cross-domain", "in-domain")
@@ -358,6 +366,40 @@ def write_overlays(
     return paths
 
 
+def write_translation_grid(
+    checkpoint: Path, split: DataSplit, label_map: LabelMap, path: Path, device: str = "auto"
+) -> Path | None:
+    """Source / translated / target slices of a few volumes with ``checkpoint``; None if its method cannot translate.
+
+    Sources are spread over the source set, targets over the labelled validation set (their labels only
+    pick the slice shown); test volumes are not used.
+    """
+    model = TrainedModel.load(checkpoint, device)
+    if not model.can_translate:
+        return None
+    examples = []
+    for source_index, target_index in zip(
+        spread_indices(len(split.source), OVERLAY_CASES), spread_indices(len(split.validation), OVERLAY_CASES)
+    ):
+        source_case, target_case = split.source[source_index], split.validation[target_index]
+        source, source_label = load_case(source_case, label_map)
+        target, target_label = load_case(target_case, label_map)
+        examples.append(
+            TranslationExample(
+                source_case.name,
+                source,
+                source_label,
+                model.translate_image(source),
+                target_case.name,
+                target,
+                target_label,
+            )
+        )
+    return translation_grid_png(
+        examples, path, f"{model.checkpoint.method}: source, translated source, target"
+    )
+
+
 def results_markdown(
     runs: Sequence[MethodRun], split: DataSplit, anchors: Mapping[str, Sequence[AnchorRow]] | None = None
 ) -> str:
@@ -467,6 +509,9 @@ def run_benchmark(
         for name, cases in data_split.test_sets.items()
         for path in write_overlays([run], name, cases, spec.label_map, out / "overlays")
     ]
+    translation_grid = write_translation_grid(
+        run.train_result["best_checkpoint"], data_split, spec.label_map, out / "translation_grid.png", device
+    )
     command = command_line or (
         f"run_benchmark({str(data_dir)!r}, {method!r}, {str(out_dir)!r}, preset={preset!r}, "
         f"overrides={dict(overrides or {})!r}, split={split!r}, device={device!r}, seed={seed})"
@@ -518,6 +563,12 @@ def run_benchmark(
         + figures_markdown([curve], out)
         + "\n## Overlays\n\n"
         + figures_markdown(overlays, out)
+        + (
+            "\n## Translated images (checkpoint above; each panel its own grey window)\n\n"
+            + figures_markdown([translation_grid], out)
+            if translation_grid is not None
+            else ""
+        )
     )
     write_text_atomic(out / "report.md", report)
     return summary

@@ -26,6 +26,7 @@ from CardiacUDALib.benchmark import (
     timing_markdown,
     without_labels,
     write_overlays,
+    write_translation_grid,
 )
 from CardiacUDALib.engine import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.errors import CardiacUDAError
@@ -121,6 +122,14 @@ def run_demo(
         emit({"event": "status", "message": f"training {key}"})
         runs.append(run_method(key, split, out / "runs" / key, settings, emit, should_stop))
     overlays = write_overlays(runs, TEST_SET, split.test_sets[TEST_SET], label_map, out / "overlays")
+    translation_grids = []
+    for run in runs:
+        grid_path = out / f"translation_grid_{run.key}.png"
+        grid = write_translation_grid(
+            run.train_result["best_checkpoint"], split, label_map, grid_path, device
+        )
+        if grid is not None:
+            translation_grids.append(grid)
     total_wall_s = time.monotonic() - started
     summary = {
         "phantom": {"root": str(out / "phantom"), "subjects": subjects, "seed": seed, "size": PHANTOM_SIZE},
@@ -149,6 +158,12 @@ def run_demo(
         + timing_markdown(runs)
         + "\n## Overlays (image, reference, each method)\n\n"
         + figures_markdown(overlays, out)
+        + (
+            "\n## Translated images (source, translated source, target; each panel its own grey window)\n\n"
+            + figures_markdown(translation_grids, out)
+            if translation_grids
+            else ""
+        )
     )
     write_text_atomic(out / "report.md", report)
     return summary

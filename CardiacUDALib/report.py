@@ -188,6 +188,64 @@ def overlay_png(
     return _save_figure(figure, path)
 
 
+@dataclass(frozen=True)
+class TranslationExample:
+    """One row of a translation grid: a source volume, its translation (same grid) and a target volume.
+
+    ``source_label`` / ``target_label`` (classes on their image's grid) choose the slice shown, the one
+    with the largest labelled area; without a target label the target's middle slice is shown.
+    """
+
+    source_name: str
+    source: sitk.Image
+    source_label: sitk.Image
+    translated: sitk.Image
+    target_name: str
+    target: sitk.Image
+    target_label: sitk.Image | None
+
+
+def _labelled_slice(image: sitk.Image, label: sitk.Image | None) -> tuple[np.ndarray, float, int]:
+    """The most labelled slice of ``image`` (middle slice without a label), its display aspect and index."""
+    axis = slice_axis(image)
+    if label is None:
+        index = image.GetSize()[::-1][axis] // 2
+    else:
+        check_same_geometry(image, label, "the label image of the translation grid")
+        index = most_labelled_slice([_classes(label)], axis)
+    other_axes = tuple(a for a in range(3) if a != axis)
+    row_spacing, column_spacing = (image.GetSpacing()[::-1][a] for a in other_axes)
+    return np.take(sitk.GetArrayViewFromImage(image), index, axis=axis), row_spacing / column_spacing, index
+
+
+def translation_grid_png(examples: Sequence[TranslationExample], path: str | Path, title: str) -> Path:
+    """Rows of source / translated source / target slices: what the generator does to the source.
+
+    Each panel has its own 1-99 percentile grey window (the three live on different intensity scales:
+    raw source, normalised translation, raw target), so the grid compares contrast, not absolute values.
+    """
+    if not examples:
+        raise ValueError("a translation grid needs at least one example")
+    figure = Figure(figsize=(9.6, 3.4 * len(examples)))
+    rows = np.atleast_2d(figure.subplots(len(examples), 3))
+    no_colours = np.zeros((1, 4))
+    for panels, example in zip(rows, examples):
+        check_same_geometry(example.source, example.translated, "the translated image")
+        source_pixels, aspect, index = _labelled_slice(example.source, example.source_label)
+        translated_pixels = np.take(
+            sitk.GetArrayViewFromImage(example.translated), index, axis=slice_axis(example.source)
+        )
+        target_pixels, target_aspect, target_index = _labelled_slice(example.target, example.target_label)
+        for axes, pixels, panel_aspect, panel_title in (
+            (panels[0], source_pixels, aspect, f"source {example.source_name}, slice {index}"),
+            (panels[1], translated_pixels, aspect, "translated source"),
+            (panels[2], target_pixels, target_aspect, f"target {example.target_name}, slice {target_index}"),
+        ):
+            _show_panel(axes, pixels, _display_window(pixels), None, no_colours, panel_aspect, panel_title)
+    figure.suptitle(title)
+    return _save_figure(figure, path)
+
+
 # ---- comparison table ----------------------------------------------------------------------------
 
 

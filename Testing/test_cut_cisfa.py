@@ -12,6 +12,7 @@ import torch
 from conftest import PHANTOM_SIZE, mean_dice, tiny_request
 from scipy.stats import wasserstein_distance
 
+from CardiacUDALib.benchmark import DataSplit, write_translation_grid
 from CardiacUDALib.contrastive_losses import (
     foreground_weights,
     nt_xent_loss,
@@ -233,3 +234,18 @@ def test_translation_moves_the_source_towards_the_targets_intensities_inside_the
     translated = np.concatenate([heart_intensities(case, label_map, preprocess, model) for case in held_out])
     before, after = wasserstein_distance(source, target), wasserstein_distance(translated, target)
     assert after < 0.7 * before, (before, after)
+
+
+def test_translation_grid_shows_a_translating_checkpoint_and_skips_a_segmenter_only_one(
+    phantom, label_map, cut_seg_on_phantom, trained_source_model, tmp_path
+):
+    split = DataSplit("phantom", phantom.source[:8], [], phantom.target[:2], {})
+    grid = write_translation_grid(
+        cut_seg_on_phantom.best_checkpoint, split, label_map, tmp_path / "grid.png", "cpu"
+    )
+    assert grid is not None and grid.stat().st_size > 10_000
+    assert (
+        write_translation_grid(trained_source_model.best_checkpoint, split, label_map, tmp_path / "no.png")
+        is None
+    )
+    assert not (tmp_path / "no.png").exists()

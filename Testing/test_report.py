@@ -12,11 +12,13 @@ from CardiacUDALib.io import load_case
 from CardiacUDALib.metrics import EvaluationTable, StructureScore
 from CardiacUDALib.report import (
     AnchorRow,
+    TranslationExample,
     comparison_markdown,
     most_labelled_slice,
     overlay_png,
     plot_training_curve,
     slice_axis,
+    translation_grid_png,
 )
 
 HISTORY = {
@@ -80,6 +82,25 @@ def test_overlay_has_one_column_per_label_image_and_refuses_another_grid(tiny_ph
     other_grid.SetOrigin([value + 5.0 for value in reference.GetOrigin()])
     with pytest.raises(InputDataError, match="does not lie on the image grid"):
         overlay_png(image, reference, {"a": other_grid}, label_map, tmp_path / "bad.png", "case")
+
+
+def test_translation_grid_has_three_panels_per_row_and_refuses_a_translation_off_the_source_grid(
+    tiny_phantom, label_map, tmp_path
+):
+    source, source_label = load_case(tiny_phantom.source[0], label_map)
+    target, target_label = load_case(tiny_phantom.target[0], label_map)
+    translated = sitk.RescaleIntensity(sitk.Cast(source, sitk.sitkFloat32), 0.0, 1.0)
+    example = TranslationExample("s0", source, source_label, translated, "t0", target, target_label)
+    one_row = _png_size(translation_grid_png([example], tmp_path / "one.png", "grid"))
+    unlabelled_target = TranslationExample("s0", source, source_label, translated, "t0", target, None)
+    two_rows = _png_size(translation_grid_png([example, unlabelled_target], tmp_path / "two.png", "grid"))
+    assert one_row[0] > 3 * 150 and two_rows[0] == one_row[0]  # three panels side by side
+    assert two_rows[1] > one_row[1] + 150  # a row more
+    shifted = sitk.Image(translated)
+    shifted.SetOrigin([value + 5.0 for value in translated.GetOrigin()])
+    moved = TranslationExample("s0", source, source_label, shifted, "t0", target, target_label)
+    with pytest.raises(InputDataError, match="does not lie on the image grid"):
+        translation_grid_png([moved], tmp_path / "bad.png", "grid")
 
 
 def _summary(dice: float) -> dict:
