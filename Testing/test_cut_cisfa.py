@@ -211,6 +211,22 @@ def test_cut_seg_beats_source_only_on_the_phantom_target(
     assert adapted > source_only_target_dice + 0.05, (source_only_target_dice, adapted)
 
 
+def test_cisfa_beats_source_only_on_the_phantom_target(
+    phantom, phantom_test_targets, label_map, source_only_target_dice, tmp_path
+):
+    request = TrainRequest(
+        method="cisfa",
+        out_dir=tmp_path / "cisfa_run",
+        source=phantom.source[:8],
+        target=phantom.target,  # images only: no target label is read for training
+        label_map=label_map,
+        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
+        preset="fast",
+    )
+    adapted = mean_dice(train(request).best_checkpoint, phantom_test_targets, label_map, tmp_path / "cisfa")
+    assert adapted > source_only_target_dice + 0.05, (source_only_target_dice, adapted)
+
+
 def heart_intensities(
     case, label_map, preprocess: PreprocessConfig, model: TrainedModel | None = None
 ) -> np.ndarray:
