@@ -16,7 +16,7 @@ def rmsprop(
 ) -> torch.optim.RMSprop:
     """RMSProp whose mean-square accumulator starts at ``initial_mean_square``; the defaults are TF1's.
 
-    TensorFlow 1's ``tf.train.RMSPropOptimizer`` (the released code of PnP-AdaNet and SIFA) starts the
+    TensorFlow 1's ``tf.train.RMSPropOptimizer`` (PnP-AdaNet's released code) starts the
     accumulator at 1 with decay 0.9 and epsilon 1e-10; PyTorch starts it at 0 (decay 0.99, epsilon 1e-8).
     From 0 the first update is ``lr / sqrt(1 - decay)`` per weight whatever the gradient's size (10 x lr
     for 0.99); from 1 an update stays ``lr * g`` until the accumulator has decayed to the gradient's
