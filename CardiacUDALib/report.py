@@ -109,6 +109,12 @@ def most_labelled_slice(class_arrays: Sequence[np.ndarray], axis: int) -> int:
     return int(np.argmax(areas)) if np.any(areas) else class_arrays[0].shape[axis] // 2
 
 
+def _display_aspect(image: sitk.Image, axis: int) -> float:
+    """Row over column spacing of the slices across numpy ``axis``: square pixels on screen are mm."""
+    row_spacing, column_spacing = (image.GetSpacing()[::-1][a] for a in range(3) if a != axis)
+    return row_spacing / column_spacing
+
+
 def _classes(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(image).astype(np.intp)
 
@@ -167,10 +173,8 @@ def overlay_png(
     class_arrays = {name: _classes(labels) for name, labels in label_volumes.items()}
     chosen_by = [class_arrays["reference"]] if reference is not None else list(class_arrays.values())
     slice_index = most_labelled_slice(chosen_by, axis)
-    other_axes = tuple(a for a in range(3) if a != axis)
     pixels = np.take(sitk.GetArrayViewFromImage(image), slice_index, axis=axis)
-    row_spacing, column_spacing = (image.GetSpacing()[::-1][a] for a in other_axes)
-    aspect = row_spacing / column_spacing
+    aspect = _display_aspect(image, axis)
     window = _display_window(pixels)
     colours = _colour_table(label_map.num_classes)
 
@@ -213,9 +217,7 @@ def _labelled_slice(image: sitk.Image, label: sitk.Image | None) -> tuple[np.nda
     else:
         check_same_geometry(image, label, "the label image of the translation grid")
         index = most_labelled_slice([_classes(label)], axis)
-    other_axes = tuple(a for a in range(3) if a != axis)
-    row_spacing, column_spacing = (image.GetSpacing()[::-1][a] for a in other_axes)
-    return np.take(sitk.GetArrayViewFromImage(image), index, axis=axis), row_spacing / column_spacing, index
+    return np.take(sitk.GetArrayViewFromImage(image), index, axis=axis), _display_aspect(image, axis), index
 
 
 def translation_grid_png(examples: Sequence[TranslationExample], path: str | Path, title: str) -> Path:
