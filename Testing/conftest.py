@@ -81,6 +81,23 @@ def trained_source_model(
     return train(request)
 
 
+def train_fast_on_phantom(
+    method: str, phantom: PhantomDataset, label_map: LabelMap, out_dir: Path, **overrides: object
+) -> TrainOutcome:
+    """``method`` (``fast`` preset) on phantom source 0-7 and every target image; no target label is read."""
+    request = TrainRequest(
+        method=method,
+        out_dir=out_dir,
+        source=phantom.source[:8],
+        target=phantom.target,  # images only: target labels are never read for training
+        label_map=label_map,
+        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
+        preset="fast",
+        overrides=overrides,
+    )
+    return train(request)
+
+
 @pytest.fixture(scope="session")
 def phantom_test_targets(phantom: PhantomDataset) -> list:
     """Phantom target subjects 2-9: where every method is compared with ``source_only``."""

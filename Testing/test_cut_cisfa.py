@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import PHANTOM_SIZE, mean_dice, tiny_request
+from conftest import mean_dice, tiny_request, train_fast_on_phantom
 from scipy.stats import wasserstein_distance
 
 from CardiacUDALib.benchmark import DataSplit, write_translation_grid
@@ -19,7 +19,7 @@ from CardiacUDALib.contrastive_losses import (
     patch_nce_loss,
     patch_nce_terms,
 )
-from CardiacUDALib.engine import TrainedModel, TrainRequest, train, translate_cases
+from CardiacUDALib.engine import TrainedModel, train, translate_cases
 from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
 from CardiacUDALib.methods.base import SliceBatch
@@ -192,16 +192,7 @@ def test_cisfa_trains_resumes_and_translates_whole_volumes_through_the_engine(
 @pytest.fixture(scope="module")
 def cut_seg_on_phantom(phantom, label_map, tmp_path_factory):
     """``cut_seg`` (fast preset) on phantom source 0-7 and the target images (no target label is read)."""
-    request = TrainRequest(
-        method="cut_seg",
-        out_dir=tmp_path_factory.mktemp("cut_seg_run"),
-        source=phantom.source[:8],
-        target=phantom.target,
-        label_map=label_map,
-        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
-        preset="fast",
-    )
-    return train(request)
+    return train_fast_on_phantom("cut_seg", phantom, label_map, tmp_path_factory.mktemp("cut_seg_run"))
 
 
 def test_cut_seg_beats_source_only_on_the_phantom_target(
@@ -214,16 +205,8 @@ def test_cut_seg_beats_source_only_on_the_phantom_target(
 def test_cisfa_beats_source_only_on_the_phantom_target(
     phantom, phantom_test_targets, label_map, source_only_target_dice, tmp_path
 ):
-    request = TrainRequest(
-        method="cisfa",
-        out_dir=tmp_path / "cisfa_run",
-        source=phantom.source[:8],
-        target=phantom.target,  # images only: no target label is read for training
-        label_map=label_map,
-        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
-        preset="fast",
-    )
-    adapted = mean_dice(train(request).best_checkpoint, phantom_test_targets, label_map, tmp_path / "cisfa")
+    trained = train_fast_on_phantom("cisfa", phantom, label_map, tmp_path / "cisfa_run")
+    adapted = mean_dice(trained.best_checkpoint, phantom_test_targets, label_map, tmp_path / "cisfa")
     assert adapted > source_only_target_dice + 0.05, (source_only_target_dice, adapted)
 
 

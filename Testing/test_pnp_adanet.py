@@ -7,15 +7,13 @@ import copy
 
 import pytest
 import torch
-from conftest import PHANTOM_SIZE, mean_dice
+from conftest import mean_dice, train_fast_on_phantom
 from torch import nn
 
-from CardiacUDALib.engine import TrainRequest, train
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.methods import SliceBatch, build_config, get_method
 from CardiacUDALib.methods.pnp_adanet import PnPAdaNet
 from CardiacUDALib.optimizers import rmsprop
-from CardiacUDALib.preprocess import PreprocessConfig
 
 NUM_CLASSES = 4
 SIZE = 32
@@ -197,15 +195,6 @@ def test_bad_settings_get_a_clear_message():
 def test_pnp_adanet_fast_beats_source_only_on_the_phantom_target(
     phantom, phantom_test_targets, label_map, source_only_target_dice, tmp_path
 ):
-    request = TrainRequest(
-        method="pnp_adanet",
-        out_dir=tmp_path / "pnp_adanet",
-        source=phantom.source[:8],
-        target=phantom.target,  # images only: target labels are never read for training
-        label_map=label_map,
-        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
-        preset="fast",
-    )
-    adapted = train(request)
+    adapted = train_fast_on_phantom("pnp_adanet", phantom, label_map, tmp_path / "pnp_adanet")
     with_pnp = mean_dice(adapted.best_checkpoint, phantom_test_targets, label_map, tmp_path / "pnp")
     assert with_pnp > source_only_target_dice, (source_only_target_dice, with_pnp)

@@ -7,14 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import PHANTOM_SIZE, mean_dice
+from conftest import mean_dice, train_fast_on_phantom
 from scipy import stats
 
-from CardiacUDALib.engine import TrainRequest, train
 from CardiacUDALib.methods import SliceBatch, build_config, get_method
 from CardiacUDALib.nets.prototype_memory import PrototypeMemory
 from CardiacUDALib.nets.structure_mi import StructureMIEstimator
-from CardiacUDALib.preprocess import PreprocessConfig
 from CardiacUDALib.variational_losses import (
     class_balanced_cross_entropy,
     gaussian_kernel_discrepancy,
@@ -292,16 +290,6 @@ def test_learning_rate_falls_by_a_tenth_every_epoch():
 def test_fast_run_beats_source_only_on_the_phantom_target(
     key, phantom, phantom_test_targets, label_map, source_only_target_dice, tmp_path
 ):
-    request = TrainRequest(
-        method=key,
-        out_dir=tmp_path / key,
-        source=phantom.source[:8],
-        target=phantom.target,  # images only: target labels are never read for training
-        label_map=label_map,
-        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
-        preset="fast",
-        overrides={"iterations": 80, "batch_size": 4},
-    )
-    adapted = train(request)
+    adapted = train_fast_on_phantom(key, phantom, label_map, tmp_path / key, iterations=80, batch_size=4)
     adapted_dice = mean_dice(adapted.best_checkpoint, phantom_test_targets, label_map, tmp_path / "adapted")
     assert adapted_dice > source_only_target_dice + 0.1, (source_only_target_dice, adapted_dice)
