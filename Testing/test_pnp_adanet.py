@@ -59,14 +59,29 @@ def states_equal(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]
 
 def critic_scores(
     method: PnPAdaNet, source: SliceBatch, target: SliceBatch
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean D(source features) and mean D(target features), in the modes the last update left."""
+) -> dict[str, tuple[float, float]]:
+    """Each critic's mean score of source and of target views, in the modes the last update left."""
     with torch.no_grad():
         scores = method.critic_scores(
             method.critic_inputs(source.images, through_dam=False),
             method.critic_inputs(target.images, through_dam=True),
         )
-    return scores[0].mean(), scores[1].mean()
+    return {name: (source.mean().item(), target.mean().item()) for name, (source, target) in scores.items()}
+
+
+def weighted_target_score(method: PnPAdaNet, source: SliceBatch, target: SliceBatch) -> float:
+    """sum_k weight_k * E[D_k(target views)]: the DAM objective (Eq. 5 with the mask critic's term), negated."""
+    scores = critic_scores(method, source, target)
+    return sum(method.critics[name][1] * target_score for name, (_, target_score) in scores.items())
+
+
+def clipped_weights(method: PnPAdaNet) -> list[torch.Tensor]:
+    return [
+        module.weight
+        for critic, _ in method.critics.values()
+        for module in critic.modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
 
 
 def test_rmsprop_starts_its_accumulator_as_asked_and_keeps_it_through_a_checkpoint():
@@ -122,21 +137,34 @@ def test_adaptation_leaves_the_frozen_segmenter_bit_identical():
     assert all(parameter.grad is None for parameter in method.segmenter.parameters())  # none even computed
 
 
-# The two tests below check the direction of one update, so they take a small step: RMSProp's first
-# steps are large (about 10x the learning rate per weight) and a single one may overshoot.
-def test_a_critic_step_widens_the_source_minus_target_score():
-    method = small_method(adversarial_learning_rate=1e-5)
+# The two tests below check the direction of one update, so they take a small step (learning rate 1e-5),
+# but not a vanishing one: on the code's w = 0.002 (x 0.3 for the mask critic) a fresh TF1 RMSProp
+# accumulator (1) would turn it into changes of the order of float rounding, hence w = 1 here.
+DIRECTION_CHECK = {"adversarial_learning_rate": 1e-5, "adversarial_weight": 1.0}
+
+
+def test_a_critic_step_widens_each_critics_source_minus_target_score():
+    method = small_method(**DIRECTION_CHECK)
+    assert set(method.critics) == {"critic", "mask_critic"}  # the released code's two critics
     run_steps(method, 5)  # source training, then critic steps (weights already clipped)
     source, target = batches(seed=2)
-    source_before, target_before = critic_scores(method, source, target)
+    before = critic_scores(method, source, target)
     method.train_step(source, target)
     assert method.counters.count("dam_steps") == 0
-    source_after, target_after = critic_scores(method, source, target)
-    assert source_after - target_after > source_before - target_before
+    after = critic_scores(method, source, target)
+    for name in method.critics:
+        assert after[name][0] - after[name][1] > before[name][0] - before[name][1], name
 
 
-def test_a_dam_step_raises_the_critics_score_of_target_features():
-    method = small_method(critic_warmup_steps=3, critic_steps_per_dam_step=1, adversarial_learning_rate=1e-5)
+@pytest.mark.parametrize(
+    "critic_settings",
+    [{}, {"critic_sees_logits": False, "mask_critic_weight": 0.0}, {"critic_batch": "per_domain"}],
+    ids=["with-output-views", "feature-levels-only", "per-domain-batches"],
+)
+def test_a_dam_step_raises_the_critics_score_of_target_views(critic_settings):
+    method = small_method(
+        critic_warmup_steps=3, critic_steps_per_dam_step=1, **DIRECTION_CHECK, **critic_settings
+    )
     run_steps(method, 5)  # 2 source steps, 3 warm-up critic steps
     source, target = batches(seed=3)
     dam_before = copy.deepcopy(method.dam)
@@ -144,16 +172,30 @@ def test_a_dam_step_raises_the_critics_score_of_target_features():
     assert method.counters.count("dam_steps") == 1
     method.dam.train()  # score as the DAM update saw it: DAM BatchNorm on the batch
     dam_before.train()
-    _, after = critic_scores(method, source, target)
+    after = weighted_target_score(method, source, target)
     method.dam = dam_before
-    _, before = critic_scores(method, source, target)
+    before = weighted_target_score(method, source, target)
     assert after > before
+
+
+def test_the_dcm_sees_the_logits_as_a_level_at_one_eighth_of_the_size():
+    method = small_method()
+    source, _ = batches()
+    run_steps(method, 2)
+    method.segmenter.eval()
+    views = method.critic_inputs(source.images, through_dam=False)
+    logits = method.segmenter(source.images)
+    assert views["mask_critic"].shape == logits.shape
+    logit_level = views["critic"][:, -NUM_CLASSES * 64 :]
+    assert logit_level.shape[-2:] == (SIZE // 8, SIZE // 8)
+    # space-to-depth: channel c*64 + 8*i + j of block (y, x) is the logit of class c at (8y + i, 8x + j)
+    assert torch.equal(logit_level[:, 2 * 64 + 8 * 3 + 5, 1, 2], logits[:, 2, 8 + 3, 16 + 5])
 
 
 def test_critic_weights_stay_clipped_after_every_critic_step():
     method = small_method(critic_warmup_steps=2, critic_steps_per_dam_step=2)
     bound = method.config.weight_clip
-    clipped = [m.weight for m in method.critic.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    clipped = clipped_weights(method)
     assert max(weight.abs().max().item() for weight in clipped) > bound  # not clipped to begin with
     run_steps(method, 2)
     for seed in range(6):
@@ -170,6 +212,12 @@ def test_the_phase_survives_a_checkpoint_and_a_source_model_initialises_any_dept
     resumed.load_state_dict(method.state_dict())
     assert resumed.adapting and resumed.counters.count("dam_steps") == 1
     assert states_equal(resumed.dam.state_dict(), method.dam.state_dict())
+    without_mask_critic = small_method(
+        critic_warmup_steps=1, critic_steps_per_dam_step=1, mask_critic_weight=0.0
+    )
+    run_steps(without_mask_critic, 4)
+    with pytest.raises(CardiacUDAError, match="no mask_critic"):
+        resumed.load_state_dict(without_mask_critic.state_dict())
 
     source_model = small_method()
     run_steps(source_model, 2)  # phase 1 only
@@ -188,6 +236,8 @@ def test_bad_settings_get_a_clear_message():
         small_method(adaptation_depth=12)
     with pytest.raises(CardiacUDAError, match="1/8 of the image size"):
         small_method(critic_feature_depths=(5, 21))
+    with pytest.raises(CardiacUDAError, match="critic_batch is 'joint' or 'per_domain'"):
+        small_method(critic_batch="both")
     with pytest.raises(CardiacUDAError, match="lr_schedule must be 'step'"):
         small_method(lr_schedule="poly")
 

@@ -17,7 +17,20 @@ checkpoint, so a resumed run continues in the right phase):
 
 The critic sees several feature levels concatenated (§3.3): the outputs of the stages ending at
 ``critic_feature_depths`` layers, from the DAM where a level lies within it (M_A) and from the frozen
-layers otherwise (F_H); all of them are at 1/8 of the image size.
+layers otherwise (F_H); all of them are at 1/8 of the image size. As in the released code, two more
+views of the output join them (the paper's text names only the feature levels):
+
+- the segmentation logits, rearranged to 1/8 of the image size (space-to-depth: every 8x8 block of
+  logits becomes 64 x C channels), as a further level of the DCM (``critic_sees_logits``). The code
+  concatenates the features the other way round, all pixel-shuffled up to the image size; it also
+  feeds the argmax map, which the logits already determine and which passes no gradient.
+- a second, smaller critic on the full-size logits (the code's "mask critic"), its Wasserstein terms
+  added to both the critic and the DAM objectives with weight ``mask_critic_weight`` (0.3). Its
+  weights are clipped like the DCM's. It learns during the warm-up too (the code starts it at the
+  first DAM update, after which it has its 20 critic steps before every DAM update).
+
+These output views tie the DAM to what the frozen layers make of its features: a DAM update that
+aligns the feature levels while scrambling the segmentation is scored as target-like by them.
 
 Inference (``segment``) routes target images through the DAM and the frozen higher layers once
 adaptation has begun, through the source segmenter before (a phase-1 checkpoint is a plain
@@ -32,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from CardiacUDALib.adversarial_losses import (
@@ -44,7 +58,7 @@ from CardiacUDALib.losses import soft_dice_loss, weighted_cross_entropy
 from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.nets.critic import ResidualCritic
-from CardiacUDALib.nets.dilated_resnet import DilatedResNet
+from CardiacUDALib.nets.dilated_resnet import DOWNSAMPLING, DilatedResNet
 from CardiacUDALib.optimizers import rmsprop
 
 
@@ -76,6 +90,13 @@ class PnPAdaNetConfig(MethodConfig):
     # BatchNorm in the critic, as the released code (the paper does not say); see critic_scores. Without it
     # ("none") the positively homogeneous critic lets the DAM raise its score by scaling features up without bound.
     critic_norm: str = "batch"
+    critic_batch: str = "per_domain"  # as the released code; or "joint": see critic_scores
+    # The released code's two views of the output (see the module docstring): logits as a DCM level, a mask critic.
+    critic_sees_logits: bool = True
+    mask_critic_weight: float = 0.3  # 0: no mask critic
+    mask_critic_width: int = 16  # the code's 16 -> 32 -> 64 -> 128 -> 256
+    mask_critic_max_width: int = 256
+    mask_critic_stages: int = 5
     adversarial_learning_rate: float = 3e-4  # RMSProp, DAM and critic
     # The released code's TF1 RMSProp: accumulator starting at 1, decay 0.9 (PyTorch's: 0 and 0.99), with the
     # critic and DAM losses scaled by w = 0.002; together they make the first updates small (see rmsprop).
@@ -125,6 +146,9 @@ class PnPAdaNet(AdaptationMethod):
             "upsample_channels_per_class": 2,
             "critic_width": 16,
             "critic_max_width": 64,
+            "mask_critic_width": 8,
+            "mask_critic_max_width": 32,
+            "mask_critic_stages": 3,
             "critic_steps_per_dam_step": 3,
             "critic_warmup_steps": 30,
             "adversarial_lr_decay_every": 10,
@@ -153,6 +177,10 @@ class PnPAdaNet(AdaptationMethod):
                 self.segmenter.stages_for_depth(depth)
         except ValueError as error:
             raise CardiacUDAError(f"pnp_adanet: {error}") from None
+        if config.critic_batch not in ("joint", "per_domain"):
+            raise CardiacUDAError(
+                f"pnp_adanet: critic_batch is 'joint' or 'per_domain', not {config.critic_batch!r}"
+            )
         if not config.critic_feature_depths or (
             min(config.critic_feature_depths) < self.segmenter.full_downsampling_depth
         ):
@@ -165,44 +193,61 @@ class PnPAdaNet(AdaptationMethod):
         critic_channels = sum(
             self.segmenter.stage_channels[self.segmenter.stages_for_depth(depth) - 1]
             for depth in config.critic_feature_depths
-        )
-        self.critic = ResidualCritic(
-            critic_channels,
-            config.critic_width,
-            config.critic_max_width,
-            config.critic_stages,
-            config.critic_norm,
-            config.negative_slope,
-        ).to(device)
+        ) + (num_classes * DOWNSAMPLING**2 if config.critic_sees_logits else 0)
+        # Each critic with the weight of its Wasserstein terms in the critic and DAM objectives.
+        self.critics: dict[str, tuple[ResidualCritic, float]] = {
+            "critic": (
+                ResidualCritic(
+                    critic_channels,
+                    config.critic_width,
+                    config.critic_max_width,
+                    config.critic_stages,
+                    config.critic_norm,
+                    config.negative_slope,
+                ).to(device),
+                1.0,
+            )
+        }
+        if config.mask_critic_weight:
+            self.critics["mask_critic"] = (
+                ResidualCritic(
+                    num_classes,
+                    config.mask_critic_width,
+                    config.mask_critic_max_width,
+                    config.mask_critic_stages,
+                    config.critic_norm,
+                    config.negative_slope,
+                ).to(device),
+                config.mask_critic_weight,
+            )
         self.counters = PhaseCounters().to(device)
         self.segmenter_optimizer = torch.optim.Adam(
             self.segmenter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        self.dam_optimizer, self.critic_optimizer = (
-            rmsprop(
+        self.adversarial_optimizers = {
+            name: rmsprop(
                 module.parameters(),
                 config.adversarial_learning_rate,
                 config.rmsprop_decay,
                 config.rmsprop_initial_mean_square,
             )
-            for module in (self.dam, self.critic)
-        )
+            for name, module in (
+                ("dam", self.dam),
+                *((name, critic) for name, (critic, _) in self.critics.items()),
+            )
+        }
 
     # ---- interface -----------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module]:
         return {
             "segmenter": self.segmenter,
             "dam": self.dam,
-            "critic": self.critic,
+            **{name: critic for name, (critic, _) in self.critics.items()},
             "counters": self.counters,
         }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {
-            "segmenter": self.segmenter_optimizer,
-            "dam": self.dam_optimizer,
-            "critic": self.critic_optimizer,
-        }
+        return {"segmenter": self.segmenter_optimizer, **self.adversarial_optimizers}
 
     @property
     def adapting(self) -> bool:
@@ -212,11 +257,19 @@ class PnPAdaNet(AdaptationMethod):
     def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
         """Before adaptation the DAM and critic hold nothing trained: only the segmenter is loaded then."""
         networks = state["networks"]
+        adapted = int(networks["counters"]["critic_steps"]) > 0
+        missing = [name for name in self.critics if adapted and name not in networks]
+        if missing:
+            raise CardiacUDAError(
+                f"this pnp_adanet checkpoint has no {', '.join(missing)}: it was adapted with other "
+                "critic settings than these (mask_critic_weight)"
+            )
         self.counters.load_state_dict(networks["counters"])
         self.segmenter.load_state_dict(networks["segmenter"])
-        if self.adapting:
+        if adapted:
             self.dam.load_state_dict(networks["dam"])
-            self.critic.load_state_dict(networks["critic"])
+            for name, (critic, _) in self.critics.items():
+                critic.load_state_dict(networks[name])
         if with_optimizers:
             for name, optimizer in self.optimizers().items():
                 if name in state.get("optimizers", {}):
@@ -233,8 +286,7 @@ class PnPAdaNet(AdaptationMethod):
         )
         for optimizer, factor in (
             (self.segmenter_optimizer, source_factor),
-            (self.dam_optimizer, adversarial_factor),
-            (self.critic_optimizer, adversarial_factor),
+            *((optimizer, adversarial_factor) for optimizer in self.adversarial_optimizers.values()),
         ):
             for group in optimizer.param_groups:
                 group.setdefault("initial_lr", group["lr"])
@@ -275,27 +327,52 @@ class PnPAdaNet(AdaptationMethod):
         for dam_stage, source_stage in zip(self.dam, self.segmenter.stages):
             dam_stage.load_state_dict(source_stage.state_dict())
 
-    def critic_inputs(self, images: torch.Tensor, through_dam: bool) -> torch.Tensor:
-        """The concatenated feature levels (M_A(x), F_H(x)) of §3.3, for source or (DAM) target images."""
-        with self.autocast():
-            _, levels = self.segmenter.forward_with_features(
-                images, self.dam if through_dam else (), self.config.critic_feature_depths
-            )
-            return torch.cat(levels, dim=1)
+    def critic_inputs(self, images: torch.Tensor, through_dam: bool) -> dict[str, torch.Tensor]:
+        """What each critic sees of source or (DAM) target images.
 
-    def critic_scores(
-        self, source_features: torch.Tensor, target_features: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """D of both domains' features, scored as one batch.
-
-        One batch, so that the critic's BatchNorm normalises both domains with the same statistics:
-        scored separately (as the released code does) each domain would be normalised with its own,
-        and the critic could not see the first-order differences between them (in a unit check the
-        DAM's gain in critic score per update was about 10x smaller that way).
+        The DCM: the concatenated feature levels (M_A(x), F_H(x)) of §3.3 and, with
+        ``critic_sees_logits``, the logits rearranged to their size; the mask critic: the logits.
         """
         with self.autocast():
-            scores = self.critic(torch.cat([source_features, target_features])).float()
-        return scores[: len(source_features)], scores[len(source_features) :]
+            logits, levels = self.segmenter.forward_with_features(
+                images, self.dam if through_dam else (), self.config.critic_feature_depths
+            )
+            if self.config.critic_sees_logits:
+                height, width = logits.shape[-2:]
+                padded = F.pad(
+                    logits, (0, (-width) % DOWNSAMPLING, 0, (-height) % DOWNSAMPLING), mode="replicate"
+                )
+                levels.append(F.pixel_unshuffle(padded, DOWNSAMPLING))
+            views = {"critic": torch.cat(levels, dim=1)}
+            if "mask_critic" in self.critics:
+                views["mask_critic"] = logits
+            return views
+
+    def critic_scores(
+        self, source_views: dict[str, torch.Tensor], target_views: dict[str, torch.Tensor]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each critic's scores of both domains' views, one batch per domain or as one batch.
+
+        ``critic_batch = "per_domain"`` (the released code, the default): a critic's BatchNorm
+        normalises each domain with its own batch statistics, which hides from it every per-channel
+        shift of mean and scale at each normalised layer. ``"joint"``: both domains share the
+        statistics, so the critic sees first-order differences too. The joint critic is the stronger
+        one (in a unit check the DAM's gain in critic score per update was about 10x larger) and
+        that is its problem: on MS-CMRSeg its Wasserstein estimate grew to 13, the DAM could not
+        close the gap and validation Dice collapsed within 200 updates of its weights starting to
+        move; per domain the estimate stayed between 1 and 2 and the adapted DAM scored higher and held
+        longer (benchmarks/RESULTS.md, PnP-AdaNet).
+        """
+        scores = {}
+        for name, (critic, _) in self.critics.items():
+            source, target = source_views[name], target_views[name]
+            with self.autocast():
+                if self.config.critic_batch == "joint":
+                    both = critic(torch.cat([source, target])).float()
+                    scores[name] = (both[: len(source)], both[len(source) :])
+                else:
+                    scores[name] = (critic(source).float(), critic(target).float())
+        return scores
 
     def _dam_steps_due(self) -> bool:
         """After the warm-up, a DAM update every n critic steps; n may grow, as in the released code."""
@@ -307,37 +384,55 @@ class PnPAdaNet(AdaptationMethod):
             required += self.counters.count("dam_steps") // config.critic_steps_increase_every
         return self.counters.count("critic_steps_since_dam_step") >= required
 
+    def _adversarial_update(self, names: tuple[str, ...], losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One step of the named optimisers on w * sum_k(weight_k * loss_k), k over the critics (code's w, 0.3)."""
+        total = sum(self.critics[name][1] * loss for name, loss in losses.items())
+        for name in names:
+            self.adversarial_optimizers[name].zero_grad(set_to_none=True)
+        (self.config.adversarial_weight * total).backward()
+        for name in names:
+            self.adversarial_optimizers[name].step()
+        return total
+
     def _adaptation_step(self, source: SliceBatch, target: SliceBatch) -> dict[str, float]:
         if not self.adapting:
             self.initialise_dam()
         # Frozen and shared: the segmenter (BatchNorm in inference mode, no gradients to its weights).
         self.segmenter.eval().requires_grad_(False)
         self.dam.eval()  # its BatchNorm runs in training mode only during its own updates (released code)
-        self.critic.train()
+        for critic, _ in self.critics.values():
+            critic.train()
 
-        # Critic update (Eq. 6): minimise E[D(target features)] - E[D(source features)], then clip.
+        # Critic updates (Eq. 6): minimise E[D(target views)] - E[D(source views)] for each critic, then clip.
         with torch.no_grad():
-            source_features = self.critic_inputs(source.images, through_dam=False)
-            target_features = self.critic_inputs(target.images, through_dam=True)
-        critic_loss = wasserstein_critic_loss(*self.critic_scores(source_features, target_features))
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        (self.config.adversarial_weight * critic_loss).backward()
-        self.critic_optimizer.step()
-        clip_weights(self.critic, self.config.weight_clip)
+            source_views = self.critic_inputs(source.images, through_dam=False)
+            target_views = self.critic_inputs(target.images, through_dam=True)
+        critic_losses = {
+            name: wasserstein_critic_loss(*scores)
+            for name, scores in self.critic_scores(source_views, target_views).items()
+        }
+        self._adversarial_update(tuple(self.critics), critic_losses)
+        for critic, _ in self.critics.values():
+            clip_weights(critic, self.config.weight_clip)
         self.counters.add("critic_steps")
         self.counters.add("critic_steps_since_dam_step")
-        losses = {"critic": critic_loss.item(), "wasserstein_estimate": -critic_loss.item()}
+        losses = {
+            "critic": critic_losses["critic"].item(),
+            "wasserstein_estimate": -critic_losses["critic"].item(),
+        }
+        if "mask_critic" in critic_losses:
+            losses["mask_wasserstein_estimate"] = -critic_losses["mask_critic"].item()
 
         if self._dam_steps_due():
-            # DAM update (Eq. 5): minimise -E[D(M_A(x^t), F_H(x^t))]; only the DAM's optimiser steps.
+            # DAM update (Eq. 5): minimise -E[D(M_A(x^t), F_H(x^t))] (and the mask critic's term); only the DAM steps.
             self.dam.train()
-            target_features = self.critic_inputs(target.images, through_dam=True)
-            dam_loss = wasserstein_generator_loss(self.critic_scores(source_features, target_features)[1])
-            self.dam_optimizer.zero_grad(set_to_none=True)
-            (self.config.adversarial_weight * dam_loss).backward()
-            self.dam_optimizer.step()
+            target_views = self.critic_inputs(target.images, through_dam=True)
+            dam_losses = {
+                name: wasserstein_generator_loss(target_scores)
+                for name, (_, target_scores) in self.critic_scores(source_views, target_views).items()
+            }
+            losses["dam"] = self._adversarial_update(("dam",), dam_losses).item()
             self.dam.eval()
             self.counters.add("dam_steps")
             self.counters.critic_steps_since_dam_step.zero_()
-            losses["dam"] = dam_loss.item()
         return losses

@@ -7,7 +7,9 @@ features, then a stride-2 convolution that halves their size (the released code'
 critic, not a classifier, so there is no sigmoid.
 
 Global averaging (instead of the code's flatten of a fixed-size map) lets one critic take any
-feature size, e.g. 12x12 for the 96x96 phantom and 24x24 for 192x192 MS-CMRSeg slices.
+feature size, e.g. 12x12 for the 96x96 phantom and 24x24 for 192x192 MS-CMRSeg slices. Narrower and
+on the full-size logits, the same network is PnP-AdaNet's second ("mask") critic of the released code
+(16 -> 256 channels; the code uses plain stride-4 convolutions there).
 """
 
 from __future__ import annotations
