@@ -158,8 +158,8 @@ def test_a_critic_step_widens_each_critics_source_minus_target_score():
 
 @pytest.mark.parametrize(
     "critic_settings",
-    [{}, {"critic_sees_logits": False, "mask_critic_weight": 0.0}, {"critic_batch": "per_domain"}],
-    ids=["with-output-views", "feature-levels-only", "per-domain-batches"],
+    [{}, {"critic_sees_logits": False, "mask_critic_weight": 0.0}, {"critic_batch": "joint"}],
+    ids=["with-output-views-per-domain", "feature-levels-only", "joint-batches"],
 )
 def test_a_dam_step_raises_the_critics_score_of_target_views(critic_settings):
     method = small_method(

@@ -57,6 +57,7 @@ from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.losses import soft_dice_loss, weighted_cross_entropy
 from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch
 from CardiacUDALib.methods.registry import register_method
+from CardiacUDALib.nets.blocks import pad_to_multiple
 from CardiacUDALib.nets.critic import ResidualCritic
 from CardiacUDALib.nets.dilated_resnet import DOWNSAMPLING, DilatedResNet
 from CardiacUDALib.optimizers import rmsprop
@@ -338,11 +339,7 @@ class PnPAdaNet(AdaptationMethod):
                 images, self.dam if through_dam else (), self.config.critic_feature_depths
             )
             if self.config.critic_sees_logits:
-                height, width = logits.shape[-2:]
-                padded = F.pad(
-                    logits, (0, (-width) % DOWNSAMPLING, 0, (-height) % DOWNSAMPLING), mode="replicate"
-                )
-                levels.append(F.pixel_unshuffle(padded, DOWNSAMPLING))
+                levels.append(F.pixel_unshuffle(pad_to_multiple(logits, DOWNSAMPLING), DOWNSAMPLING))
             views = {"critic": torch.cat(levels, dim=1)}
             if "mask_critic" in self.critics:
                 views["mask_critic"] = logits

@@ -35,6 +35,7 @@ from torch import nn
 
 from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch
 from CardiacUDALib.methods.registry import register_method
+from CardiacUDALib.nets.blocks import pad_to_multiple
 from CardiacUDALib.nets.variational import ReconstructionDecoders, VariationalOutput, VariationalUNet
 from CardiacUDALib.variational_losses import (
     class_balanced_cross_entropy,
@@ -257,7 +258,6 @@ class VarDA(AdaptationMethod):
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """Fused logits of the whole slice (padded to a multiple of 2**depth, cropped back)."""
         height, width = images.shape[-2:]
-        multiple = 2**self.config.depth
-        padded = F.pad(images, (0, (-width) % multiple, 0, (-height) % multiple), mode="replicate")
+        padded = pad_to_multiple(images, 2**self.config.depth)
         with self.autocast():
             return self.network(padded).fused_logits.float()[..., :height, :width]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMALISATIONS = ("batch", "instance", "none")
@@ -16,6 +18,17 @@ def normalisation_2d(kind: str, channels: int) -> nn.Module:
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown normalisation {kind!r}; choose one of {', '.join(NORMALISATIONS)}")
+
+
+def pad_to_multiple(tensor: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the last two dimensions at the bottom and right, repeating the edge, to multiples of ``multiple``.
+
+    Networks that downsample by ``multiple`` take any slice size this way; crop their outputs back
+    with ``[..., :height, :width]``.
+    """
+    height, width = tensor.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    return F.pad(tensor, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else tensor
 
 
 class ConvNormAct(nn.Sequential):

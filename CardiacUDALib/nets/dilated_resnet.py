@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from CardiacUDALib.nets.blocks import normalisation_2d
+from CardiacUDALib.nets.blocks import normalisation_2d, pad_to_multiple
 
 DOWNSAMPLING = 8  # three 2x max-poolings
 
@@ -176,8 +176,7 @@ class DilatedResNet(nn.Module):
         network's. Inputs whose size is not a multiple of 8 are padded and the logits cropped back.
         """
         height, width = images.shape[-2:]
-        pad_h, pad_w = (-height) % DOWNSAMPLING, (-width) % DOWNSAMPLING
-        features = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else images
+        features = pad_to_multiple(images, DOWNSAMPLING)
         wanted = {self.stages_for_depth(depth) - 1: depth for depth in feature_depths}
         kept: dict[int, torch.Tensor] = {}
         for index, stage in enumerate([*front, *self.stages[len(front) :]]):

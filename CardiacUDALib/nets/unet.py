@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from CardiacUDALib.nets.blocks import DoubleConv
+from CardiacUDALib.nets.blocks import DoubleConv, pad_to_multiple
 
 
 class UNetEncoder(nn.Module):
@@ -70,20 +70,11 @@ class UNet(nn.Module):
         self.decoder = UNetDecoder(self.encoder.widths, norm)
         self.head = nn.Conv2d(width, num_classes, 1)
 
-    def _pad_to_multiple(self, images: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        multiple = 2**self.depth
-        height, width = images.shape[-2:]
-        pad_h, pad_w = (-height) % multiple, (-width) % multiple
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        return images, height, width
-
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features of every level (finest first); the last one is the bottleneck."""
-        padded, _, _ = self._pad_to_multiple(images)
-        return self.encoder(padded)
+        return self.encoder(pad_to_multiple(images, 2**self.depth))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        padded, height, width = self._pad_to_multiple(images)
-        logits = self.head(self.decoder(self.encoder(padded)))
+        height, width = images.shape[-2:]
+        logits = self.head(self.decoder(self.encoder(pad_to_multiple(images, 2**self.depth))))
         return logits[..., :height, :width]
