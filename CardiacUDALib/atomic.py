@@ -3,17 +3,23 @@
 Every writer of the library goes through :func:`atomic_path`: it hands out a temporary path in the
 destination folder (same file system, same extension so that SimpleITK picks the right format) and
 moves it over the destination with :func:`os.replace` only when the block finished without error.
+A process killed outright (SIGKILL) leaves its temporary behind; the next write of the same file
+removes it. :func:`check_writable_folder` refuses an output folder that cannot be one before any
+work starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from CardiacUDALib.errors import InputDataError
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
 
@@ -33,14 +39,31 @@ def _current_umask() -> int:
     return mask
 
 
+def _temporary_affixes(destination: Path) -> tuple[str, str]:
+    """The name prefix and suffix of :func:`atomic_path`'s temporaries of ``destination``."""
+    return f".{destination.name}.", f".tmp{full_suffix(destination)}"
+
+
+def remove_leftover_temporaries(destination: Path) -> None:
+    """Remove what a killed writer of ``destination`` left behind (SIGKILL skips every cleanup).
+
+    One writer writes a given file at a time (a run folder belongs to one job), so a temporary of
+    ``destination`` that exists when a new write starts is a leftover.
+    """
+    prefix, suffix = _temporary_affixes(destination)
+    for leftover in destination.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary_name = tempfile.mkstemp(
-        prefix=f".{destination.name}.", suffix=f".tmp{full_suffix(destination)}", dir=destination.parent
-    )
+    remove_leftover_temporaries(destination)
+    prefix, suffix = _temporary_affixes(destination)
+    handle, temporary_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=destination.parent)
     os.close(handle)
     temporary = Path(temporary_name)
     # mkstemp creates the file readable by its owner only; give the output the usual umask mode.
@@ -61,3 +84,21 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse an output folder that is a file or cannot be created or written, before any work starts.
+
+    Nothing is created here: the folder appears with the first file written into it, so a job that
+    fails on its inputs leaves nothing behind.
+    """
+    folder = Path(path)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        blocker = "is a file" if existing == folder else f"lies under {existing}, which is a file"
+        raise InputDataError(f"{what} {folder} {blocker}: give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputDataError(f"{what} {folder} cannot be written: no write permission in {existing}")
+    return folder

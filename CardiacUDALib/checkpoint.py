@@ -8,8 +8,13 @@ checkpoint with half a file) and read **only** with ``torch.load(weights_only=Tr
 shared and downloaded, and a full unpickle would run whatever code a file asks for. Everything in
 a checkpoint is therefore tensors, dicts, lists, tuples, strings and numbers.
 
+Damage is caught at load: ``torch.load`` does not check the tensors' bytes, so flipped bytes inside a
+weights record would load and segment confidently wrong. Every file therefore carries the SHA-256 of
+its content (every field, every tensor's dtype, shape and bytes; :func:`content_sha256`), checked
+before anything is used.
+
 ``FORMAT_VERSION`` is raised when the layout changes; a file from a newer CardiacUDA is refused
-with a request to upgrade rather than misread.
+with a request to upgrade rather than misread. Format 1 files (before the digest) still load.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import torch
 from CardiacUDALib.atomic import atomic_path
 from CardiacUDALib.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT_MARKER = "cardiac-uda-checkpoint"
+DIGEST_KEY = "content_sha256"
+_FIRST_VERSION_WITH_DIGEST = 2
 _JSON_FIELDS = ("method_config", "label_map", "preprocess", "metadata")
 _HASH_CHUNK_BYTES = 1 << 20
 # What torch.load raises for bytes that are not a complete torch file, depending on which layer notices
@@ -66,6 +73,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Pat
     _require_json_able(checkpoint)
     payload = {item.name: getattr(checkpoint, item.name) for item in fields(Checkpoint)}
     payload["format"] = FORMAT_MARKER
+    payload[DIGEST_KEY] = content_sha256(payload)
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
     return Path(path)
@@ -116,8 +124,16 @@ def load_checkpoint(
         )
     field_names = [item.name for item in fields(Checkpoint)]
     missing = [name for name in field_names if name not in payload]
+    if format_version >= _FIRST_VERSION_WITH_DIGEST and DIGEST_KEY not in payload:
+        missing.append(DIGEST_KEY)
     if missing:
         raise CheckpointError(f"{checkpoint_path} is corrupt or incomplete: it lacks {', '.join(missing)}")
+    saved_digest = payload.pop(DIGEST_KEY, None)
+    if saved_digest is not None and saved_digest != content_sha256(payload):
+        raise CheckpointError(
+            f"{checkpoint_path} is damaged: its content no longer matches the digest saved with it "
+            "(a disk, copy or download error changed it); use an intact copy or train again"
+        )
     checkpoint = Checkpoint(**{name: payload[name] for name in field_names})
     if expected_method is not None and checkpoint.method != expected_method:
         raise CheckpointError(
@@ -125,6 +141,32 @@ def load_checkpoint(
             f"choose a {expected_method} checkpoint or the method {checkpoint.method}"
         )
     return checkpoint
+
+
+def _update_digest(digest: Any, value: Any) -> None:
+    """Feed ``value`` to ``digest`` in a canonical order: dict keys sorted, tensors as dtype, shape and bytes."""
+    if isinstance(value, dict):
+        digest.update(b"{%d" % len(value))
+        for key in sorted(value, key=repr):
+            digest.update(repr(key).encode())
+            _update_digest(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[%d" % len(value))
+        for item in value:
+            _update_digest(digest, item)
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {tensor.dtype} {tuple(value.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(f"{type(value).__name__} {value!r}".encode())
+
+
+def content_sha256(payload: dict[str, Any]) -> str:
+    """Hex SHA-256 of a checkpoint payload's content, independent of how ``torch.save`` laid it out."""
+    digest = hashlib.sha256()
+    _update_digest(digest, payload)
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -25,7 +25,16 @@ from typing import Any
 from tqdm import tqdm
 
 from CardiacUDALib.atomic import full_suffix
-from CardiacUDALib.cases import IMAGE_EXTENSIONS, VolumeCase, find_cases
+from CardiacUDALib.cases import (
+    IMAGE_EXTENSIONS,
+    SEGMENTATION_TAG,
+    VolumeCase,
+    case_name_of,
+    case_name_of_output,
+    check_unique_names,
+    find_cases,
+    stem_of,
+)
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
 from CardiacUDALib.preprocess import INTENSITY_PRESETS, PreprocessConfig
 
@@ -33,8 +42,6 @@ PROGRAM = "cardiac-uda"
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 DEMO_DEFAULT_METHOD = "adabn"
-SEGMENTATION_SUFFIX = "_seg"
-IMAGE_TAG = "_image"
 PAIR_SEPARATOR = "="
 
 
@@ -137,11 +144,6 @@ def _run_stoppable(
 # ---- inputs --------------------------------------------------------------------------------------
 
 
-def _case_name(image: Path) -> str:
-    """``case000_image.nii.gz`` -> ``case000``: the name ``find_cases`` gives the same file in a folder."""
-    return image.name[: len(image.name) - len(full_suffix(image))].removesuffix(IMAGE_TAG)
-
-
 def _existing(path_text: str, option: str) -> Path:
     path = Path(path_text)
     if not path.exists():
@@ -163,9 +165,11 @@ def cases_from_arguments(items: Sequence[str], option: str, labelled: bool) -> l
     Without ``labelled`` every label is dropped, even one found beside a target image: an adaptation
     method must never train on target labels.
     """
+    from CardiacUDALib.io import is_dicom_series_folder
+
     cases: list[VolumeCase] = []
     for item in items:
-        if Path(item).is_dir():
+        if Path(item).is_dir() and not is_dicom_series_folder(Path(item)):
             cases += [c if labelled else VolumeCase(c.name, c.image) for c in find_cases(item, labelled)]
             continue
         image_text, label_text = _image_and_label(item)
@@ -176,19 +180,8 @@ def cases_from_arguments(items: Sequence[str], option: str, labelled: bool) -> l
                 "or give a folder of cases"
             )
         label = _existing(label_text, option) if labelled and label_text is not None else None
-        cases.append(VolumeCase(_case_name(image), image, label))
-    names = [case.name for case in cases]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise InputDataError(f"{option}: several inputs are named {', '.join(duplicates)}; rename them")
-    return cases
-
-
-def _cases_json(cases: Sequence[VolumeCase]) -> list[dict[str, str | None]]:
-    return [
-        {"name": c.name, "image": str(c.image), "label": None if c.label is None else str(c.label)}
-        for c in cases
-    ]
+        cases.append(VolumeCase(case_name_of(image), image, label))
+    return check_unique_names(cases, option)
 
 
 def parse_settings(items: Sequence[str]) -> dict[str, Any]:
@@ -221,32 +214,44 @@ def _prediction_files(items: Sequence[str]) -> list[Path]:
             found = sorted(
                 p
                 for p in path.iterdir()
-                if full_suffix(p).lower() in IMAGE_EXTENSIONS and _case_name(p).endswith(SEGMENTATION_SUFFIX)
+                if full_suffix(p).lower() in IMAGE_EXTENSIONS and stem_of(p).endswith(SEGMENTATION_TAG)
             )
             if not found:
-                raise InputDataError(f"--predictions: no <case>{SEGMENTATION_SUFFIX}.nii.gz file in {path}")
+                raise InputDataError(f"--predictions: no <case>{SEGMENTATION_TAG}.nii.gz file in {path}")
             files += found
         else:
             files.append(path)
     return files
 
 
-def match_predictions(predictions: Sequence[Path], references: Sequence[VolumeCase]) -> list[VolumeCase]:
-    """The reference case of each prediction ``<case>_seg.<ext>`` (or ``<case>.<ext>``), by case name."""
+def match_predictions(
+    predictions: Sequence[Path], references: Sequence[VolumeCase], allow_missing: bool = False
+) -> tuple[list[VolumeCase], list[str]]:
+    """The reference case of each prediction ``<case>_seg.<ext>`` (or ``<case>.<ext>``), by case name,
+    and the names of the reference cases without a prediction (an error unless ``allow_missing``)."""
     by_name = {case.name: case for case in references}
-    matched, unmatched = [], []
+    matched: dict[str, Path] = {}
+    unmatched = []
     for path in predictions:
-        name = _case_name(path).removesuffix(SEGMENTATION_SUFFIX)
-        if name in by_name:
-            matched.append(by_name[name])
-        else:
+        name = case_name_of_output(path, SEGMENTATION_TAG)
+        if name not in by_name:
             unmatched.append(path.name)
+        elif name in matched:
+            raise InputDataError(f"two predictions for case {name}: {matched[name]} and {path}; give one")
+        else:
+            matched[name] = path
     if unmatched:
         raise InputDataError(
             f"no reference case for prediction(s) {', '.join(unmatched)}; predictions must be named "
-            f"<case>{SEGMENTATION_SUFFIX}.nii.gz after a reference case ({', '.join(sorted(by_name))})"
+            f"<case>{SEGMENTATION_TAG}.nii.gz after a reference case ({', '.join(sorted(by_name))})"
         )
-    return matched
+    missing = [name for name in by_name if name not in matched]
+    if missing and not allow_missing:
+        raise InputDataError(
+            f"no prediction for {len(missing)} of {len(by_name)} reference case(s): {', '.join(missing)}; "
+            "segment them too, or add --allow-missing to score only the cases that have one"
+        )
+    return [by_name[case_name_of_output(path, SEGMENTATION_TAG)] for path in predictions], missing
 
 
 # ---- subcommands ---------------------------------------------------------------------------------
@@ -301,7 +306,7 @@ def command_train(args: argparse.Namespace) -> int:
     job = {
         "task": "train",
         **request.to_dict(),
-        "segment": _cases_json(target) if args.segment_target else [],
+        "segment": [case.to_dict() for case in target] if args.segment_target else [],
     }
     result = _run_stoppable(lambda emit, stop: run_job(job, emit, stop), RESUME_HINT)
     print(f"best checkpoint: {result['best_checkpoint']} ({result['selection']})")
@@ -315,7 +320,7 @@ def _inference_job(task: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "task": task,
         "checkpoint": str(_existing(args.checkpoint, "--checkpoint")),
-        "cases": _cases_json(cases_from_arguments(args.images, "--images", labelled=False)),
+        "cases": [case.to_dict() for case in cases_from_arguments(args.images, "--images", labelled=False)],
         "out_dir": args.out,
         "device": args.device,
     }
@@ -350,16 +355,21 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from CardiacUDALib.report import comparison_markdown
 
     predictions = _prediction_files(args.predictions)
-    references = match_predictions(predictions, find_cases(_existing(args.references, "--references")))
+    references, missing = match_predictions(
+        predictions, find_cases(_existing(args.references, "--references")), args.allow_missing
+    )
     job = {
         "task": "evaluate",
         "predictions": [str(p) for p in predictions],
-        "references": _cases_json(references),
+        "references": [case.to_dict() for case in references],
         "label_map": args.label_map,
         "out_dir": args.out,
     }
     result = run_job(job)
     print(comparison_markdown({"predictions": result["summary"]}), end="")
+    print(f"scored {len(references)} of {len(references) + len(missing)} reference case(s)")
+    if missing:
+        print(f"warning: not scored, no prediction: {', '.join(missing)}", file=sys.stderr)
     print(f"per-volume scores: {result['csv']}, {result['json']}")
     return 0
 
@@ -641,11 +651,16 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="INPUT",
-        help=f"<case>{SEGMENTATION_SUFFIX}.nii.gz files, or folders holding them",
+        help=f"<case>{SEGMENTATION_TAG}.nii.gz files, or folders holding them",
     )
     evaluate.add_argument("--references", required=True, metavar="DIR", help="folder of labelled cases")
     evaluate.add_argument("--label-map", required=True, help="mscmrseg, mmwhs or value:name pairs")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="where metrics.csv and metrics.json go")
+    evaluate.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score the reference cases that have a prediction and name the others (default: an error)",
+    )
     evaluate.set_defaults(handler=command_evaluate)
 
     demo = _subparser(

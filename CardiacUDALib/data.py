@@ -46,7 +46,7 @@ def load_volumes(
             raise InputDataError(f"{case.image} needs a label map here, and none was given")
         image, label = load_case(case if with_labels else VolumeCase(case.name, case.image), label_map)
         if with_labels:
-            check_label_not_empty(label, case.label)
+            check_label_not_empty(label, f"label map {case.label}")
         volumes.append(LoadedVolume(case, prepare_volume(image, preprocess, label)))
         if on_loaded is not None:
             on_loaded(index + 1, len(cases), case.name)

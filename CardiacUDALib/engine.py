@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,22 +25,31 @@ import torch
 from scipy import ndimage
 
 from CardiacUDALib import __version__
-from CardiacUDALib.atomic import write_json_atomic
-from CardiacUDALib.cases import VolumeCase
+from CardiacUDALib.atomic import check_writable_folder, write_json_atomic
+from CardiacUDALib.cases import (
+    SEGMENTATION_TAG,
+    TRANSLATION_TAG,
+    VolumeCase,
+    cases_from_dicts,
+    check_unique_names,
+    output_path,
+)
 from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from CardiacUDALib.data import LoadedVolume, SlicePool, load_volumes, step_generator
-from CardiacUDALib.errors import CardiacUDAError, InputDataError
+from CardiacUDALib.errors import CardiacUDAError, CheckpointError, InputDataError
 from CardiacUDALib.io import LabelMap, classes_to_values, load_case, read_label, write_image
 from CardiacUDALib.methods import AdaptationMethod, build_config, get_method
 from CardiacUDALib.methods.adabn import adapt_batchnorm
-from CardiacUDALib.methods.base import MethodConfig, config_from_dict
+from CardiacUDALib.methods.base import MethodConfig, checked_setting, config_from_dict
 from CardiacUDALib.metrics import EvaluationTable, score_images, score_volume
 from CardiacUDALib.preprocess import PreprocessConfig, prepare_volume, restore_intensity, restore_labels
 from CardiacUDALib.runfolder import RunFolder
+from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field
 
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 StopCheck = Callable[[], bool]
+DEVICE_NAME = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
 
 
 def ignore_event(event: Event) -> None:
@@ -58,10 +68,17 @@ def resolve_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
+        raise CardiacUDAError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CardiacUDAError(
-            "device 'cuda' was asked for, but this PyTorch sees no CUDA GPU; use --device cpu"
+            f"device {name!r} was asked for, but this PyTorch sees no CUDA GPU; use --device cpu"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CardiacUDAError(
+            f"device {name!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+            "numbered from 0"
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise CardiacUDAError("device 'mps' was asked for, but it is not available here; use --device cpu")
@@ -91,18 +108,12 @@ class TrainRequest:
     adabn: bool = False  # finish by re-estimating BatchNorm statistics on the target (methods.adabn)
 
     def to_dict(self) -> dict[str, Any]:
-        def cases(items: list[VolumeCase]) -> list[dict[str, str | None]]:
-            return [
-                {"name": c.name, "image": str(c.image), "label": None if c.label is None else str(c.label)}
-                for c in items
-            ]
-
         return {
             "method": self.method,
             "out_dir": str(self.out_dir),
-            "source": cases(self.source),
-            "target": cases(self.target),
-            "validation": cases(self.validation),
+            "source": [case.to_dict() for case in self.source],
+            "target": [case.to_dict() for case in self.target],
+            "validation": [case.to_dict() for case in self.validation],
             "label_map": None if self.label_map is None else self.label_map.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "preset": self.preset,
@@ -116,34 +127,33 @@ class TrainRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainRequest:
-        def cases(items: list[dict[str, Any]]) -> list[VolumeCase]:
-            return [
-                VolumeCase(
-                    item.get("name") or Path(item["image"]).name,
-                    Path(item["image"]),
-                    None if item.get("label") is None else Path(item["label"]),
-                )
-                for item in items
-            ]
+        """The request a train job describes; unknown, missing or mistyped fields are refused by name."""
+        what = "the train job"
+        check_known_fields(data, {item.name for item in dataclasses.fields(cls)}, what)
 
-        label_map = data.get("label_map")
+        def value(name: str, annotation: Any, default: Any = REQUIRED) -> Any:
+            return checked_field(data, name, annotation, what, default)
+
+        def cases(name: str, default: Any = REQUIRED) -> list[VolumeCase]:
+            return cases_from_dicts(value(name, list, default), f"{what}'s {name!r}")
+
+        label_map = value("label_map", dict | None, None)
+        initial_checkpoint = value("initial_checkpoint", str | None, None)
         return cls(
-            method=data["method"],
-            out_dir=Path(data["out_dir"]),
-            source=cases(data.get("source", [])),
-            target=cases(data.get("target", [])),
-            validation=cases(data.get("validation", [])),
+            method=value("method", str),
+            out_dir=Path(value("out_dir", str)),
+            source=cases("source"),
+            target=cases("target", []),
+            validation=cases("validation", []),
             label_map=None if label_map is None else LabelMap.from_dict(label_map),
-            preprocess=PreprocessConfig.from_dict(data.get("preprocess", {})),
-            preset=data.get("preset", "paper"),
-            overrides=dict(data.get("overrides", {})),
-            device=data.get("device", "auto"),
-            seed=int(data.get("seed", 0)),
-            resume=bool(data.get("resume", True)),
-            initial_checkpoint=None
-            if data.get("initial_checkpoint") is None
-            else Path(data["initial_checkpoint"]),
-            adabn=bool(data.get("adabn", False)),
+            preprocess=PreprocessConfig.from_dict(value("preprocess", dict, {})),
+            preset=value("preset", str, "paper"),
+            overrides=value("overrides", dict, {}),
+            device=value("device", str, "auto"),
+            seed=value("seed", int, 0),
+            resume=value("resume", bool, True),
+            initial_checkpoint=None if initial_checkpoint is None else Path(initial_checkpoint),
+            adabn=value("adabn", bool, False),
         )
 
 
@@ -171,7 +181,9 @@ def _method_and_preprocess(
     if resumed is not None:
         config = config_from_dict(method_class, resumed.method_config)
         if "iterations" in request.overrides:  # a user may extend a finished run
-            config.iterations = int(request.overrides["iterations"])
+            config.iterations = checked_setting(
+                method_class.config_class, "iterations", request.overrides["iterations"]
+            )
         return method_class, config, PreprocessConfig.from_dict(resumed.preprocess)
     if initial is not None and get_method(initial.method).config_class is method_class.config_class:
         inherited = {**initial.method_config, **request.overrides}
@@ -242,6 +254,29 @@ def _checkpoint(
     )
 
 
+def load_weights(
+    method: AdaptationMethod, checkpoint: Checkpoint, path: str | Path, with_optimizers: bool = True
+) -> None:
+    """Load ``checkpoint``'s weights into ``method``, refusing networks that do not fit with a clear message.
+
+    A checkpoint of another method family (``--init`` with a ``varda`` file for ``source_only``, say) or
+    of other network settings has other or differently shaped tensors: torch's KeyError or size
+    mismatch becomes a message naming the file.
+    """
+    try:
+        method.load_state_dict(checkpoint.state, with_optimizers)
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
+        if isinstance(error, KeyError):
+            detail = f"it has no {error.args[0]!r}"
+        else:
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise CheckpointError(
+            f"{path} is a {checkpoint.method} checkpoint whose weights do not fit method {method.key!r} "
+            f"with these settings ({detail}): use a checkpoint of {method.key} (or of a method that shares "
+            "its networks, such as source_only for adabn) trained with the same network settings"
+        ) from error
+
+
 def _run_train_step(
     method: AdaptationMethod, source_batch: Any, target_batch: Any, step: int, batch_size: int
 ) -> dict[str, float]:
@@ -265,10 +300,7 @@ def train(
     request: TrainRequest, emit: EventSink = ignore_event, should_stop: StopCheck = never_stop
 ) -> TrainOutcome:
     """Train ``request.method``; resumable, cancellable, with validation-based checkpoint selection."""
-    run = RunFolder(Path(request.out_dir))
-    run.root.mkdir(
-        parents=True, exist_ok=True
-    )  # at once: a cancel (stop file) may come before any checkpoint
+    run = RunFolder(check_writable_folder(request.out_dir, "the run folder"))
     resumed = (
         load_checkpoint(run.last, expected_method=request.method)
         if request.resume and run.last.exists()
@@ -285,6 +317,13 @@ def train(
         )
     device = resolve_device(request.device)
     torch.manual_seed(request.seed)
+    # The networks and their starting weights first: a checkpoint that does not fit is refused before
+    # minutes of reading volumes.
+    method = method_class(config, label_map.num_classes, device)
+    if resumed is not None:
+        load_weights(method, resumed, run.last)
+    elif initial is not None:
+        load_weights(method, initial, request.initial_checkpoint, with_optimizers=False)
 
     def loaded(done: int, total: int, name: str) -> None:
         emit({"event": "status", "message": f"loaded {name} ({done}/{total})"})
@@ -300,19 +339,19 @@ def train(
         else None
     )
     validation = load_volumes(request.validation, label_map, preprocess, True, loaded)
+    # Only now that every input has been read: a job that fails on its inputs leaves no run folder.
+    # From here the folder exists, so that a stop file can be put into it before the first checkpoint.
+    run.root.mkdir(parents=True, exist_ok=True)
 
-    method = method_class(config, label_map.num_classes, device)
     history: dict[str, Any] = {"losses": [], "validation": []}
     best_score = -math.inf
     step = 0
     if resumed is not None:
-        method.load_state_dict(resumed.state)
         step = resumed.step
         history = resumed.metadata.get("history", history)
         best_score = float(resumed.metadata.get("best_score", -math.inf))
         emit({"event": "status", "message": f"resumed from {run.last} at step {step}"})
     elif initial is not None:
-        method.load_state_dict(initial.state, with_optimizers=False)
         emit({"event": "status", "message": f"initialised from {request.initial_checkpoint}"})
 
     def metadata() -> dict[str, Any]:
@@ -476,7 +515,7 @@ def keep_largest_components(classes: np.ndarray, num_classes: int) -> np.ndarray
 class TrainedModel:
     """A checkpoint loaded for use: segment target volumes, translate source volumes."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, path: Path) -> None:
         method_class = get_method(checkpoint.method)
         self.checkpoint = checkpoint
         self.label_map = LabelMap.from_dict(checkpoint.label_map)
@@ -484,12 +523,12 @@ class TrainedModel:
         self.method = method_class(
             config_from_dict(method_class, checkpoint.method_config), self.label_map.num_classes, device
         )
-        self.method.load_state_dict(checkpoint.state, with_optimizers=False)
+        load_weights(self.method, checkpoint, path, with_optimizers=False)
         self.method.eval_mode()
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", expected_method: str | None = None) -> TrainedModel:
-        return cls(load_checkpoint(path, expected_method=expected_method), resolve_device(device))
+        return cls(load_checkpoint(path, expected_method=expected_method), resolve_device(device), Path(path))
 
     @property
     def can_translate(self) -> bool:
@@ -536,20 +575,22 @@ class TrainedModel:
 def _for_each_case(
     cases: Sequence[VolumeCase],
     out_dir: str | Path,
-    suffix: str,
+    tag: str,
     produce: Callable[[sitk.Image], sitk.Image],
     label_map: LabelMap,
     emit: EventSink,
     should_stop: StopCheck,
 ) -> list[Path]:
-    """Read each case's image, write ``produce(image)`` as ``<case><suffix>``; a stop ends the loop early."""
+    """Read each case's image, write ``produce(image)`` to its :func:`output_path`; a stop ends the loop early."""
+    check_unique_names(list(cases), "the volumes to process")
+    check_writable_folder(out_dir, "the output folder")
     written = []
     for index, case in enumerate(cases):
         if should_stop():
             emit({"event": "stopped", "step": index})
             break
         image, _ = load_case(VolumeCase(case.name, case.image), label_map)
-        written.append(write_image(produce(image), Path(out_dir) / f"{case.name}{suffix}"))
+        written.append(write_image(produce(image), output_path(out_dir, case, tag)))
         emit(
             {
                 "event": "progress",
@@ -571,13 +612,13 @@ def segment_cases(
     largest_component: bool = True,
     should_stop: StopCheck = never_stop,
 ) -> list[Path]:
-    """Segment every case; writes ``<case>_seg.nii.gz`` with the label map's file values. Returns the paths
-    (fewer than ``cases`` when stopped)."""
+    """Segment every case; writes ``<case>_seg<ext>`` (the input's format) with the label map's file values.
+    Returns the paths (fewer than ``cases`` when stopped)."""
 
     def segment(image: sitk.Image) -> sitk.Image:
         return classes_to_values(model.segment_image(image, largest_component), model.label_map)
 
-    return _for_each_case(cases, out_dir, "_seg.nii.gz", segment, model.label_map, emit, should_stop)
+    return _for_each_case(cases, out_dir, SEGMENTATION_TAG, segment, model.label_map, emit, should_stop)
 
 
 def translate_cases(
@@ -587,9 +628,10 @@ def translate_cases(
     emit: EventSink = ignore_event,
     should_stop: StopCheck = never_stop,
 ) -> list[Path]:
-    """Translate every case; writes ``<case>_translated.nii.gz``. Returns the paths (fewer when stopped)."""
+    """Translate every case; writes ``<case>_translated<ext>`` (the input's format). Returns the paths (fewer
+    when stopped)."""
     return _for_each_case(
-        cases, out_dir, "_translated.nii.gz", model.translate_image, model.label_map, emit, should_stop
+        cases, out_dir, TRANSLATION_TAG, model.translate_image, model.label_map, emit, should_stop
     )
 
 
@@ -602,11 +644,12 @@ def evaluate_cases(
     """Per-volume 3D Dice / ASSD / HD95 (mm) of prediction files against the cases' reference labels."""
     if len(predictions) != len(references):
         raise InputDataError(f"{len(predictions)} predictions for {len(references)} reference cases")
+    check_unique_names(list(references), "the reference cases")
     table = EvaluationTable(tuple(label_map.class_names), [])
     for prediction_path, case in zip(predictions, references):
         if case.label is None:
             raise InputDataError(f"case {case.name} has no reference label map to evaluate against")
         reference_image, reference = load_case(case, label_map)
-        predicted = read_label(prediction_path, label_map, reference=reference_image)
+        predicted = read_label(prediction_path, label_map, reference_image, f"prediction {prediction_path}")
         table.add(case.name, score_images(predicted, reference, label_map.class_names))
     return table

@@ -11,6 +11,9 @@ offending value, because these are the errors a user hits first and can fix them
 
 from __future__ import annotations
 
+import gzip
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,11 @@ import SimpleITK as sitk
 from CardiacUDALib.atomic import atomic_path
 from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.typed_values import checked
 
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
+MAX_LABEL_VALUE = 65535  # segmentations are written as uint16
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit also accepts '²'
 _INTEGRAL_TOLERANCE = 1e-3
 _GEOMETRY_TOLERANCE = 1e-4
 _USER_MAP_EXAMPLE = '"200:MYO,500:LV,600:RV"'
@@ -50,15 +56,16 @@ class LabelMap:
         return {"name": self.name, "values": list(self.values), "class_names": list(self.class_names)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LabelMap:
-        try:
-            return cls(
-                name=str(data["name"]),
-                values=tuple(int(v) for v in data["values"]),
-                class_names=tuple(str(n) for n in data["class_names"]),
+    def from_dict(cls, data: Any) -> LabelMap:
+        if not isinstance(data, dict) or not {"name", "values", "class_names"} <= set(data):
+            raise InputDataError(
+                f"not a label map description: {data!r} (an object with 'name', 'values' and 'class_names')"
             )
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputDataError(f"not a label map description: {data!r} ({error})") from error
+        return cls(
+            name=checked(data["name"], str, "the label map's 'name'"),
+            values=checked(data["values"], tuple[int, ...], "the label map's 'values'"),
+            class_names=checked(data["class_names"], tuple[str, ...], "the label map's 'class_names'"),
+        )
 
 
 def _label_map_problem(values: tuple[int, ...], class_names: tuple[str, ...]) -> str | None:
@@ -69,6 +76,8 @@ def _label_map_problem(values: tuple[int, ...], class_names: tuple[str, ...]) ->
         return f"{len(values)} values but {len(class_names)} class names"
     if any(v <= 0 for v in values):
         return f"label values must be positive (0 is the background), got {list(values)}"
+    if any(v > MAX_LABEL_VALUE for v in values):
+        return f"label values must be at most {MAX_LABEL_VALUE} (segmentations are written as uint16), got {list(values)}"
     if len(set(values)) != len(values):
         return f"duplicate label values in {list(values)}"
     if len(values) > 255:
@@ -94,7 +103,7 @@ def parse_label_map(spec: str) -> LabelMap:
     names: list[str] = []
     for pair in text.split(","):
         value, separator, name = pair.partition(":")
-        if not separator or not value.strip().lstrip("-").isdigit() or not name.strip():
+        if not separator or not _INTEGER.fullmatch(value.strip()) or not name.strip():
             raise InputDataError(f"cannot read label map {spec!r} at {pair.strip()!r}: {syntax}")
         values.append(int(value))
         names.append(name.strip())
@@ -146,17 +155,76 @@ def _read_volume(path: str | Path) -> sitk.Image:
     return image
 
 
-def read_image(path: str | Path) -> sitk.Image:
-    """A 3D float32 image; non-finite voxels are refused since they poison every normalisation.
+# NIfTI-1 and NIfTI-2 headers: (header size, struct of datatype, dim[0..7] and vox_offset at their offsets)
+_NIFTI_LAYOUTS = {
+    348: ((70, "h"), (40, "8h"), (108, "f")),
+    540: ((12, "h"), (16, "8q"), (168, "q")),
+}
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
+_SCAN_CHUNK_BYTES = 1 << 22
 
-    SimpleITK builds on ITK 5, whose NIfTI reader already turns non-finite voxels into 0, so for
-    NIfTI files the check cannot fire; it does for NRRD, MHA/MHD and DICOM.
+
+def _nifti_non_finite_voxels(path: Path) -> int:
+    """NaN and infinite voxels stored in a float NIfTI file, counted from the file's own bytes.
+
+    ITK's NIfTI reader turns them into 0 on reading, so an all-NaN volume would arrive as a blank one
+    and a volume with holes as a plausible image; the header and data are read here directly instead.
     """
-    image = sitk.Cast(_read_volume(path), sitk.sitkFloat32)
-    non_finite = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
-    if non_finite:
-        raise InputDataError(f"{path} has {non_finite} NaN or infinite voxel(s); fix or mask them first")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        header = stream.read(540)
+        for order in "<>":
+            if len(header) >= 4 and struct.unpack(f"{order}i", header[:4])[0] in _NIFTI_LAYOUTS:
+                break
+        else:
+            return 0  # not a header we know: ITK has read it, leave it to ITK
+        (type_at, type_format), (dim_at, dim_format), (offset_at, offset_format) = _NIFTI_LAYOUTS[
+            struct.unpack(f"{order}i", header[:4])[0]
+        ]
+        datatype = struct.unpack_from(order + type_format, header, type_at)[0]
+        if datatype not in _NIFTI_FLOAT_TYPES:
+            return 0  # integer voxels cannot be NaN
+        dims = struct.unpack_from(order + dim_format, header, dim_at)
+        voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + int(dims[0])]]))
+        dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
+        stream.seek(int(struct.unpack_from(order + offset_format, header, offset_at)[0]))
+        non_finite, remaining = 0, voxels * dtype.itemsize
+        while remaining > 0:
+            chunk = stream.read(min(remaining, _SCAN_CHUNK_BYTES))
+            if not chunk:
+                break
+            chunk = chunk[: len(chunk) - len(chunk) % dtype.itemsize]
+            non_finite += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk, dtype))))
+            remaining -= len(chunk)
+    return non_finite
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """A 3D float32 image; non-finite voxels and constant images are refused.
+
+    Non-finite voxels poison every normalisation; a constant image (all zeros, say, or an all-NaN NIfTI
+    file, which ITK reads as zeros) holds nothing to segment, and a network would still label it.
+    """
+    source = Path(path)
+    image = sitk.Cast(_read_volume(source), sitk.sitkFloat32)
+    stored_non_finite = (
+        _nifti_non_finite_voxels(source)
+        if source.is_file() and source.name.lower().endswith((".nii", ".nii.gz"))
+        else 0
+    )
+    check_image_values(sitk.GetArrayViewFromImage(image), str(source), stored_non_finite)
     return image
+
+
+def check_image_values(values: np.ndarray, what: str, stored_non_finite: int = 0) -> None:
+    """Refuse NaN or infinite voxels (``stored_non_finite``: those a reader already replaced) and constant images."""
+    non_finite = max(int(np.count_nonzero(~np.isfinite(values))), stored_non_finite)
+    if non_finite:
+        raise InputDataError(f"{what} has {non_finite} NaN or infinite voxel(s); fix or mask them first")
+    if values.size and float(values.min()) == float(values.max()):
+        raise InputDataError(
+            f"{what} is constant (every voxel is {float(values.min()):g}): there is no image to segment"
+        )
 
 
 def _vector_text(values: tuple[float, ...]) -> str:
@@ -198,11 +266,16 @@ def _integral_label_array(label: sitk.Image, path: str | Path) -> np.ndarray:
     return rounded.astype(np.int64)
 
 
-def read_label(path: str | Path, label_map: LabelMap, reference: sitk.Image | None = None) -> sitk.Image:
-    """Classes 0..N (uint8) from a label file holding ``label_map``'s values; optionally on ``reference``'s grid."""
+def read_label(
+    path: str | Path, label_map: LabelMap, reference: sitk.Image | None = None, what: str = ""
+) -> sitk.Image:
+    """Classes 0..N (uint8) from a label file holding ``label_map``'s values; optionally on ``reference``'s grid.
+
+    ``what`` names the file in messages (default: "label map <path>").
+    """
     label = _read_volume(path)
     if reference is not None:
-        check_same_geometry(reference, label, f"label map {path}")
+        check_same_geometry(reference, label, what or f"label map {path}")
     values = _integral_label_array(label, path)
     found = np.unique(values)
     unknown = [int(v) for v in found if v != 0 and v not in label_map.values]
@@ -233,12 +306,10 @@ def classes_to_values(classes: sitk.Image, label_map: LabelMap) -> sitk.Image:
     return result
 
 
-def check_label_not_empty(label: sitk.Image, path: str | Path) -> None:
+def check_label_not_empty(label: sitk.Image, what: str) -> None:
     """A source label with no structure teaches the segmenter nothing, and usually means a wrong file."""
     if not np.any(sitk.GetArrayViewFromImage(label)):
-        raise InputDataError(
-            f"label map {path} contains no labelled voxel; check that it belongs to its image"
-        )
+        raise InputDataError(f"{what} contains no labelled voxel; check that it belongs to its image")
 
 
 def write_image(image: sitk.Image, path: str | Path) -> Path:
@@ -256,5 +327,10 @@ def write_image(image: sitk.Image, path: str | Path) -> Path:
 def load_case(case: VolumeCase, label_map: LabelMap) -> tuple[sitk.Image, sitk.Image | None]:
     """The image of ``case`` and, if it has one, its label as classes on the image grid."""
     image = read_image(case.image)
-    label = read_label(case.label, label_map, reference=image) if case.label is not None else None
+    label = read_label(case.label, label_map, image) if case.label is not None else None
     return image, label
+
+
+def is_dicom_series_folder(path: Path) -> bool:
+    """A folder that holds a DICOM series (and is therefore one image, not a folder of cases)."""
+    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))

@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from CardiacUDALib.cases import VolumeCase
+from CardiacUDALib.atomic import check_writable_folder
+from CardiacUDALib.cases import cases_from_dicts
 from CardiacUDALib.engine import (
     EventSink,
     StopCheck,
@@ -33,25 +34,15 @@ from CardiacUDALib.engine import (
 )
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LabelMap, parse_label_map
+from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field
 
 TASKS = ("train", "segment", "translate", "evaluate")
-
-
-def cases_from_json(items: list[dict[str, Any]], what: str) -> list[VolumeCase]:
-    if not isinstance(items, list):
-        raise InputDataError(f"'{what}' must be a list of {{'name', 'image', 'label'}} objects")
-    cases = []
-    for item in items:
-        if "image" not in item:
-            raise InputDataError(f"an entry of '{what}' has no 'image': {item}")
-        image = Path(item["image"])
-        label = item.get("label")
-        cases.append(
-            VolumeCase(
-                item.get("name") or image.name.split(".")[0], image, None if label is None else Path(label)
-            )
-        )
-    return cases
+_FIELDS = {
+    "segment": {"task", "checkpoint", "cases", "out_dir", "device", "largest_component"},
+    "translate": {"task", "checkpoint", "cases", "out_dir", "device"},
+    "evaluate": {"task", "predictions", "references", "label_map", "out_dir"},
+}
+_TRAIN_EXTRAS = ("segment", "translate")  # the train job's fields beyond those of TrainRequest
 
 
 def label_map_from_json(value: Any) -> LabelMap:
@@ -64,17 +55,17 @@ def label_map_from_json(value: Any) -> LabelMap:
     )
 
 
-def _required(job: dict[str, Any], key: str) -> Any:
-    if key not in job:
-        raise InputDataError(f"the {job.get('task')!r} job has no {key!r}")
-    return job[key]
+def _field(job: dict[str, Any], key: str, annotation: Any, default: Any = REQUIRED) -> Any:
+    return checked_field(job, key, annotation, f"the {job['task']} job", default)
 
 
 def _run_train(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    fields = {key: value for key, value in job.items() if key not in ("task", "segment", "translate")}
+    fields = {key: value for key, value in job.items() if key not in ("task", *_TRAIN_EXTRAS)}
     if isinstance(fields.get("label_map"), str):
         fields["label_map"] = parse_label_map(fields["label_map"]).to_dict()
     request = TrainRequest.from_dict(fields)
+    to_segment = cases_from_dicts(job.get("segment", []), "the train job's 'segment'")
+    to_translate = cases_from_dicts(job.get("translate", []), "the train job's 'translate'")
     outcome = train(request, emit, should_stop)
     result: dict[str, Any] = {
         "best_checkpoint": str(outcome.best_checkpoint),
@@ -86,7 +77,6 @@ def _run_train(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> 
     if outcome.stopped:
         return result
     model = TrainedModel.load(outcome.best_checkpoint, request.device)
-    to_segment = cases_from_json(job.get("segment", []), "segment")
     if to_segment:
         emit({"event": "status", "message": f"segmenting {len(to_segment)} volume(s)"})
         paths = segment_cases(
@@ -94,7 +84,6 @@ def _run_train(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> 
         )
         result["segmentations"] = [str(p) for p in paths]
         result["stopped"] = len(paths) < len(to_segment)
-    to_translate = cases_from_json(job.get("translate", []), "translate")
     if to_translate and model.can_translate and not result["stopped"]:
         emit({"event": "status", "message": f"translating {len(to_translate)} volume(s)"})
         paths = translate_cases(model, to_translate, request.out_dir / "translations", emit, should_stop)
@@ -104,11 +93,12 @@ def _run_train(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> 
 
 
 def _run_segment(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    model = TrainedModel.load(_required(job, "checkpoint"), job.get("device", "auto"))
-    cases = cases_from_json(_required(job, "cases"), "cases")
-    paths = segment_cases(
-        model, cases, _required(job, "out_dir"), emit, job.get("largest_component", True), should_stop
-    )
+    check_known_fields(job, _FIELDS["segment"], "the segment job")
+    cases = cases_from_dicts(_field(job, "cases", list), "the segment job's 'cases'")
+    out_dir = _field(job, "out_dir", str)
+    largest_component = _field(job, "largest_component", bool, True)
+    model = TrainedModel.load(_field(job, "checkpoint", str), _field(job, "device", str, "auto"))
+    paths = segment_cases(model, cases, out_dir, emit, largest_component, should_stop)
     return {
         "segmentations": [str(p) for p in paths],
         "label_map": model.label_map.to_dict(),
@@ -117,17 +107,21 @@ def _run_segment(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -
 
 
 def _run_translate(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    model = TrainedModel.load(_required(job, "checkpoint"), job.get("device", "auto"))
-    cases = cases_from_json(_required(job, "cases"), "cases")
-    paths = translate_cases(model, cases, _required(job, "out_dir"), emit, should_stop)
+    check_known_fields(job, _FIELDS["translate"], "the translate job")
+    cases = cases_from_dicts(_field(job, "cases", list), "the translate job's 'cases'")
+    out_dir = _field(job, "out_dir", str)
+    model = TrainedModel.load(_field(job, "checkpoint", str), _field(job, "device", str, "auto"))
+    paths = translate_cases(model, cases, out_dir, emit, should_stop)
     return {"translations": [str(p) for p in paths], "stopped": len(paths) < len(cases)}
 
 
 def _run_evaluate(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    label_map = label_map_from_json(_required(job, "label_map"))
-    references = cases_from_json(_required(job, "references"), "references")
-    table = evaluate_cases([Path(p) for p in _required(job, "predictions")], references, label_map)
-    out_dir = Path(_required(job, "out_dir"))
+    check_known_fields(job, _FIELDS["evaluate"], "the evaluate job")
+    label_map = label_map_from_json(_field(job, "label_map", dict | str))
+    references = cases_from_dicts(_field(job, "references", list), "the evaluate job's 'references'")
+    predictions = [Path(p) for p in _field(job, "predictions", list[str])]
+    out_dir = check_writable_folder(_field(job, "out_dir", str), "the output folder")
+    table = evaluate_cases(predictions, references, label_map)
     return {
         "csv": str(table.write_csv(out_dir / "metrics.csv")),
         "json": str(table.write_json(out_dir / "metrics.json")),
@@ -143,10 +137,12 @@ _RUNNERS = {
 }
 
 
-def run_job(
-    job: dict[str, Any], emit: EventSink = ignore_event, should_stop: StopCheck = never_stop
-) -> dict[str, Any]:
+def run_job(job: Any, emit: EventSink = ignore_event, should_stop: StopCheck = never_stop) -> dict[str, Any]:
     """Run one job; raises :class:`~CardiacUDALib.errors.CardiacUDAError` with a user-facing message on bad input."""
+    if not isinstance(job, dict):
+        raise InputDataError(
+            f"a job must be a JSON object with a 'task', not {type(job).__name__} {job!r:.80}"
+        )
     task = job.get("task")
     if task not in _RUNNERS:
         raise InputDataError(f"unknown job task {task!r}; one of {', '.join(TASKS)}")

@@ -6,7 +6,9 @@ It runs one job and prints one JSON object per line on standard output (DESIGN.m
 
 Cancel: a file named ``STOP`` in the job's ``out_dir`` (or SIGTERM) makes a training job save
 ``last.pt`` and exit with code 0 after ``stopped``; running the same job again resumes from it.
-Exit codes: 0 done (or stopped), 1 an error the user can fix, 2 an unexpected failure.
+Exit codes: 0 done (or stopped), 1 an error the user can fix (an unreadable or malformed job file, a
+missing, unknown or mistyped field, bad input data), 2 an unexpected failure. ``done`` is printed
+last whatever happened, after ``error`` when there was one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from CardiacUDALib.engine import Event
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.jobs import run_job
 from CardiacUDALib.runfolder import STOP_FILE_NAME
+
+EXIT_DONE = 0
+EXIT_ERROR = 1
+EXIT_UNEXPECTED = 2
 
 
 def print_event(event: Event) -> None:
@@ -54,34 +60,54 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print_event({"event": "error", "message": "usage: python -m CardiacUDALib.worker JOB.json"})
-        return 1
+def _read_job(path: str) -> Any:
+    """The job file's JSON; what a user can fix (missing file, not UTF-8, not JSON) is a CardiacUDAError."""
     try:
-        job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        print_event({"event": "error", "message": f"cannot read job file {args[0]}: {error}"})
-        return 1
-    out_dir = job.get("out_dir")
-    stop = StopRequest(Path(out_dir) / STOP_FILE_NAME if out_dir else None)
-    if stop.stop_file is not None and stop.stop_file.exists():
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise CardiacUDAError(f"cannot read job file {path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise CardiacUDAError(
+            f"job file {path} is not UTF-8 text (byte {error.start}): write it as UTF-8 JSON"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise CardiacUDAError(f"job file {path} is not valid JSON: {error}") from error
+
+
+def _stop_request(job: Any) -> StopRequest:
+    """Stops on SIGTERM, and on the stop file once the job names its folder."""
+    out_dir = job.get("out_dir") if isinstance(job, dict) else None
+    stop = StopRequest(Path(out_dir) / STOP_FILE_NAME if isinstance(out_dir, str) and out_dir else None)
+    if stop.stop_file is not None and stop.stop_file.is_file():
         stop.stop_file.unlink()  # a stop file left by an earlier cancel must not stop the resumed run
     signal.signal(signal.SIGTERM, stop.on_signal)
+    return stop
+
+
+def run(args: list[str]) -> tuple[int, bool]:
+    """Run the job named by ``args``, printing its events; returns (exit code, stopped)."""
+    if len(args) != 1:
+        print_event({"event": "error", "message": "usage: python -m CardiacUDALib.worker JOB.json"})
+        return EXIT_ERROR, False
     try:
-        result = run_job(job, lambda event: print_event(_finite(event)), stop)
+        job = _read_job(args[0])
+        result = run_job(job, lambda event: print_event(_finite(event)), _stop_request(job))
     except CardiacUDAError as error:
         print_event({"event": "error", "message": str(error)})
-        return 1
+        return EXIT_ERROR, False
     except Exception as error:  # noqa: BLE001  (the GUI must get a message, never a silent death)
         print_event(
             {"event": "error", "message": f"unexpected failure: {error}", "detail": traceback.format_exc()}
         )
-        return 2
+        return EXIT_UNEXPECTED, False
     print_event({"event": "result", **_finite(result)})
-    print_event({"event": "done", "stopped": bool(result.get("stopped", False))})
-    return 0
+    return EXIT_DONE, bool(result.get("stopped", False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    code, stopped = run(sys.argv[1:] if argv is None else argv)
+    print_event({"event": "done", "stopped": stopped})
+    return code
 
 
 if __name__ == "__main__":

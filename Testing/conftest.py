@@ -1,7 +1,17 @@
-"""Shared fixtures: small phantom data sets and one trained source model, built once per test session."""
+"""Shared fixtures: small phantom data sets and one trained source model, built once per test session.
+
+Accuracy tests (marked ``accuracy``) train on the phantom and compare a measured number with a floor.
+Their training seed and torch's thread count come from ``CARDIACUDA_TEST_SEED`` and
+``CARDIACUDA_TEST_THREADS`` so that ``scripts/sweep_accuracy_tests.py`` can run them over seeds, thread
+counts and CPU kernels; each check goes through :func:`require_gain`, which also writes the measured
+numbers to ``CARDIACUDA_ACCURACY_LOG`` (one JSON line per check) when that variable is set. The
+margins and the sweep that set them: ``Testing/README.md``.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +29,16 @@ from CardiacUDALib.io import LABEL_MAPS, LabelMap
 from CardiacUDALib.phantom import PhantomDataset, write_phantom_dataset
 from CardiacUDALib.preprocess import PreprocessConfig
 
-torch.set_num_threads(2)
+TEST_SEED = int(os.environ.get("CARDIACUDA_TEST_SEED", "0"))
+_SWEPT_THREADS = os.environ.get("CARDIACUDA_TEST_THREADS")
+
+
+def torch_threads(default: int) -> int:
+    """torch threads for a test: the sweep's setting when it sets one, else ``default``."""
+    return int(_SWEPT_THREADS) if _SWEPT_THREADS else default
+
+
+torch.set_num_threads(torch_threads(2))
 
 TINY_SIZE = 64
 PHANTOM_SIZE = 96
@@ -57,6 +76,14 @@ def tiny_request(
 
 
 @pytest.fixture(scope="session")
+def tiny_model(
+    tiny_phantom: PhantomDataset, label_map: LabelMap, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A ``source_only`` checkpoint after 6 steps on the tiny phantom: for protocol and geometry tests."""
+    return train(tiny_request(tiny_phantom, label_map, tmp_path_factory.mktemp("tiny_model"))).best_checkpoint
+
+
+@pytest.fixture(scope="session")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> PhantomDataset:
     """The demo-sized phantom (96x96): 10 source and 10 target subjects."""
     return write_phantom_dataset(tmp_path_factory.mktemp("phantom"), subjects=10, seed=0, size=PHANTOM_SIZE)
@@ -77,6 +104,7 @@ def trained_source_model(
         label_map=label_map,
         preprocess=PreprocessConfig(size=PHANTOM_SIZE),
         preset="fast",
+        seed=TEST_SEED,
     )
     return train(request)
 
@@ -94,6 +122,7 @@ def train_fast_on_phantom(
         preprocess=PreprocessConfig(size=PHANTOM_SIZE),
         preset="fast",
         overrides=overrides,
+        seed=TEST_SEED,
     )
     return train(request)
 
@@ -124,3 +153,33 @@ def mean_dice(checkpoint: Path, cases: list, label_map: LabelMap, out_dir: Path)
     """Mean Dice over structures and cases of a checkpoint's segmentations of ``cases`` (labels needed)."""
     model = TrainedModel.load(checkpoint, "cpu")
     return evaluate_cases(segment_cases(model, cases, out_dir), cases, label_map).summary()["mean"]["dice"]
+
+
+@pytest.fixture
+def require_gain(request: pytest.FixtureRequest):
+    """``require_gain(what, value, reference, margin)`` asserts ``value - reference > margin``.
+
+    Before asserting it appends the numbers to ``CARDIACUDA_ACCURACY_LOG`` (when set), so that a sweep
+    sees the measured gain of every cell, failing ones included.
+    """
+
+    def check(what: str, value: float, reference: float, margin: float) -> None:
+        gain = float(value) - float(reference)
+        log = os.environ.get("CARDIACUDA_ACCURACY_LOG")
+        if log:
+            record = {
+                "check": f"{request.node.nodeid}::{what}",
+                "value": float(value),
+                "reference": float(reference),
+                "gain": gain,
+                "margin": margin,
+                "seed": TEST_SEED,
+                "threads": torch.get_num_threads(),
+                "capability": torch.backends.cpu.get_cpu_capability(),
+                "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
+            }
+            with open(log, "a", encoding="utf-8") as stream:
+                stream.write(json.dumps(record) + "\n")
+        assert gain > margin, f"{what}: {value:.4f} - {reference:.4f} = {gain:.4f}, needs > {margin}"
+
+    return check

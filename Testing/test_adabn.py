@@ -108,8 +108,15 @@ def test_a_network_without_batchnorm_gets_a_clear_message(tiny_phantom, label_ma
         train(request)
 
 
+@pytest.mark.accuracy
 def test_adabn_from_a_source_checkpoint_beats_source_only_on_the_phantom_target(
-    phantom, phantom_test_targets, label_map, trained_source_model, source_only_target_dice, tmp_path
+    phantom,
+    phantom_test_targets,
+    label_map,
+    trained_source_model,
+    source_only_target_dice,
+    tmp_path,
+    require_gain,
 ):
     request = TrainRequest(
         method="adabn",
@@ -127,4 +134,4 @@ def test_adabn_from_a_source_checkpoint_beats_source_only_on_the_phantom_target(
         saved.metadata["adabn"]["layers"] == 18 and saved.method_config["width"] == 8
     )  # architecture inherited
     with_adabn = mean_dice(adapted.best_checkpoint, phantom_test_targets, label_map, tmp_path / "bn")
-    assert with_adabn > source_only_target_dice + 0.05, (source_only_target_dice, with_adabn)
+    require_gain("mean Dice over source_only", with_adabn, source_only_target_dice, 0.03)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from CardiacUDALib.checkpoint import (
+    DIGEST_KEY,
     FORMAT_MARKER,
     FORMAT_VERSION,
     Checkpoint,
@@ -189,3 +190,24 @@ def test_file_sha256_matches_hashlib_over_several_chunks(tmp_path) -> None:
     path = tmp_path / "weights.bin"
     path.write_bytes(contents)
     assert file_sha256(path) == hashlib.sha256(contents).hexdigest()
+
+
+def test_weights_changed_after_saving_are_refused_as_damaged(saved: Path) -> None:
+    """torch.load itself would hand back the changed tensors: the saved content digest catches them."""
+    payload = torch.load(saved, weights_only=True)
+    payload["state"]["networks"]["segmenter"]["0.weight"][0, 0] += 1e-3
+    torch.save(payload, saved)
+    with pytest.raises(CheckpointError, match=f"{saved.name} is damaged: its content no longer matches"):
+        load_checkpoint(saved)
+
+
+def test_a_checkpoint_from_before_the_digest_still_loads(saved: Path) -> None:
+    payload = torch.load(saved, weights_only=True)
+    del payload[DIGEST_KEY]
+    payload["format_version"] = 1
+    torch.save(payload, saved)
+    assert load_checkpoint(saved).step == 2
+    payload["format_version"] = FORMAT_VERSION  # a current file without its digest is incomplete
+    torch.save(payload, saved)
+    with pytest.raises(CheckpointError, match=f"lacks {DIGEST_KEY}"):
+        load_checkpoint(saved)

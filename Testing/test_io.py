@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from CardiacUDALib import io
+from CardiacUDALib.atomic import check_writable_folder
 from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import (
@@ -170,8 +172,8 @@ def test_geometry_within_tolerance_is_accepted() -> None:
 
 def test_empty_label_is_refused() -> None:
     with pytest.raises(InputDataError, match="empty_label.nii.gz contains no labelled voxel"):
-        check_label_not_empty(sitk.Image(4, 4, 2, sitk.sitkUInt8), "empty_label.nii.gz")
-    check_label_not_empty(sitk.GetImageFromArray(np.ones((2, 4, 4), np.uint8)), "labelled.nii.gz")
+        check_label_not_empty(sitk.Image(4, 4, 2, sitk.sitkUInt8), "label map empty_label.nii.gz")
+    check_label_not_empty(sitk.GetImageFromArray(np.ones((2, 4, 4), np.uint8)), "label map labelled.nii.gz")
 
 
 def test_load_case_reads_image_and_label_on_its_grid(tmp_path: Path) -> None:
@@ -258,13 +260,23 @@ def test_vector_image_is_refused(tmp_path: Path) -> None:
         read_image(path)
 
 
-def test_non_finite_voxels_are_counted(tmp_path: Path) -> None:
-    # MHA, not NIfTI: ITK before 6 zeroes non-finite voxels while reading NIfTI (ITK pull request 6683).
-    array = np.zeros((2, 3, 3), np.float32)
+@pytest.mark.parametrize("extension", [".mha", ".nrrd", ".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_voxels_are_counted_in_every_format(tmp_path: Path, extension: str, dtype) -> None:
+    """NIfTI too, although ITK's NIfTI reader turns them into 0: its file bytes are read for them."""
+    array = np.arange(18, dtype=dtype).reshape(2, 3, 3)
     array[0, 0, 0] = np.nan
     array[1, 2, 2] = np.inf
-    path = write(volume(array), tmp_path / "holes.mha")
-    with pytest.raises(InputDataError, match=r"holes\.mha has 2 NaN or infinite"):
+    path = write(volume(array), tmp_path / f"holes{extension}")
+    with pytest.raises(InputDataError, match=rf"holes{re.escape(extension)} has 2 NaN or infinite"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("fill", [0.0, 7.5, np.nan])
+def test_constant_images_are_refused(tmp_path: Path, fill: float) -> None:
+    """All zeros, one grey value, or all NaN (which ITK reads from NIfTI as all zeros)."""
+    path = write(volume(np.full((2, 3, 3), fill, np.float32)), tmp_path / "blank.nii.gz")
+    with pytest.raises(InputDataError, match=r"blank\.nii\.gz (is constant|has 18 NaN)"):
         read_image(path)
 
 
@@ -298,3 +310,28 @@ def test_failed_write_leaves_neither_destination_nor_temporary(tmp_path: Path, m
     with pytest.raises(RuntimeError, match="disk full"):
         write_image(volume(np.zeros((2, 2, 2), np.float32)), tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_removes_what_a_killed_write_of_the_same_file_left_and_nothing_else(tmp_path: Path) -> None:
+    leftovers = [tmp_path / ".out.nii.gz.a1b2.tmp.nii.gz", tmp_path / ".out.nii.gz.zz9.tmp.nii.gz"]
+    others = [
+        tmp_path / ".other.nii.gz.a1b2.tmp.nii.gz",
+        tmp_path / "out.nii.gz.backup",
+        tmp_path / ".out.nii.gz",
+    ]
+    for path in leftovers + others:
+        path.write_bytes(b"half a file")
+    write_image(volume(np.arange(8, dtype=np.float32).reshape(2, 2, 2)), tmp_path / "out.nii.gz")
+    assert sorted(tmp_path.iterdir()) == sorted([*others, tmp_path / "out.nii.gz"])
+
+
+def test_an_output_folder_that_is_a_file_or_lies_under_one_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(InputDataError, match="a_file is a file: give a folder"):
+        check_writable_folder(tmp_path / "a_file", "--out")
+    with pytest.raises(InputDataError, match=r"lies under .*a_file, which is a file"):
+        check_writable_folder(tmp_path / "a_file" / "run", "--out")
+    assert check_writable_folder(tmp_path / "new" / "run", "--out") == tmp_path / "new" / "run"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]  # nothing created

@@ -225,12 +225,13 @@ def test_levels_are_jittered_per_subject(rendered) -> None:
         assert max(blood_to_tissue) > 1.08 * min(blood_to_tissue)
 
 
+@pytest.mark.accuracy
 def test_source_only_scores_clearly_lower_on_the_target_than_on_held_out_source(
-    phantom, label_map, trained_source_model, source_only_target_dice, tmp_path
+    phantom, label_map, trained_source_model, source_only_target_dice, tmp_path, require_gain
 ) -> None:
     """The domain gap is real: the same model, held-out subjects of each domain."""
     held_out_source = mean_dice(
         trained_source_model.best_checkpoint, phantom.source[8:], label_map, tmp_path / "s"
     )
-    target = source_only_target_dice
-    assert held_out_source > 0.5 and target < held_out_source - 0.2, (held_out_source, target)
+    require_gain("held-out source Dice", held_out_source, 0.0, 0.5)
+    require_gain("domain gap", held_out_source, source_only_target_dice, 0.15)

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import mean_dice, train_fast_on_phantom
+from conftest import TEST_SEED, mean_dice, train_fast_on_phantom
 from torch import nn
 
 from CardiacUDALib.errors import CardiacUDAError
@@ -143,17 +143,19 @@ def test_adaptation_leaves_the_frozen_segmenter_bit_identical():
 DIRECTION_CHECK = {"adversarial_learning_rate": 1e-5, "adversarial_weight": 1.0}
 
 
-def test_a_critic_step_widens_each_critics_source_minus_target_score():
+@pytest.mark.accuracy
+def test_a_critic_step_widens_each_critics_source_minus_target_score(require_gain):
     method = small_method(**DIRECTION_CHECK)
     assert set(method.critics) == {"critic", "mask_critic"}  # the released code's two critics
     run_steps(method, 5)  # source training, then critic steps (weights already clipped)
-    source, target = batches(seed=2)
+    source, target = batches(seed=2 + TEST_SEED)
     before = critic_scores(method, source, target)
     method.train_step(source, target)
     assert method.counters.count("dam_steps") == 0
     after = critic_scores(method, source, target)
+    margins = {"critic": 1e-4, "mask_critic": 1e-6}  # the mask critic moved ~100x less in the sweep
     for name in method.critics:
-        assert after[name][0] - after[name][1] > before[name][0] - before[name][1], name
+        require_gain(name, after[name][0] - after[name][1], before[name][0] - before[name][1], margins[name])
 
 
 @pytest.mark.parametrize(
@@ -161,12 +163,13 @@ def test_a_critic_step_widens_each_critics_source_minus_target_score():
     [{}, {"critic_sees_logits": False, "mask_critic_weight": 0.0}, {"critic_batch": "joint"}],
     ids=["with-output-views-per-domain", "feature-levels-only", "joint-batches"],
 )
-def test_a_dam_step_raises_the_critics_score_of_target_views(critic_settings):
+@pytest.mark.accuracy
+def test_a_dam_step_raises_the_critics_score_of_target_views(critic_settings, require_gain):
     method = small_method(
         critic_warmup_steps=3, critic_steps_per_dam_step=1, **DIRECTION_CHECK, **critic_settings
     )
     run_steps(method, 5)  # 2 source steps, 3 warm-up critic steps
-    source, target = batches(seed=3)
+    source, target = batches(seed=3 + TEST_SEED)
     dam_before = copy.deepcopy(method.dam)
     method.train_step(source, target)  # one critic step, then one DAM update
     assert method.counters.count("dam_steps") == 1
@@ -175,7 +178,7 @@ def test_a_dam_step_raises_the_critics_score_of_target_views(critic_settings):
     after = weighted_target_score(method, source, target)
     method.dam = dam_before
     before = weighted_target_score(method, source, target)
-    assert after > before
+    require_gain("weighted target score", after, before, 1e-5)
 
 
 def test_the_dcm_sees_the_logits_as_a_level_at_one_eighth_of_the_size():
@@ -242,9 +245,10 @@ def test_bad_settings_get_a_clear_message():
         small_method(lr_schedule="poly")
 
 
+@pytest.mark.accuracy
 def test_pnp_adanet_fast_beats_source_only_on_the_phantom_target(
-    phantom, phantom_test_targets, label_map, source_only_target_dice, tmp_path
+    phantom, phantom_test_targets, label_map, source_only_target_dice, tmp_path, require_gain
 ):
     adapted = train_fast_on_phantom("pnp_adanet", phantom, label_map, tmp_path / "pnp_adanet")
     with_pnp = mean_dice(adapted.best_checkpoint, phantom_test_targets, label_map, tmp_path / "pnp")
-    assert with_pnp > source_only_target_dice, (source_only_target_dice, with_pnp)
+    require_gain("mean Dice over source_only", with_pnp, source_only_target_dice, 0.04)

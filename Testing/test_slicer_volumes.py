@@ -14,10 +14,10 @@ from CardiacUDASlicerLib.volumes import (
     crop_image_to_roi,
     ijk_to_ras,
     image_from_volume_node,
-    write_image,
 )
 
 from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.io import write_image
 
 SPACING = (0.7, 1.3, 8.0)  # anisotropic, like a short-axis MRI stack
 ORIGIN_LPS = (12.5, -40.25, 61.0)

@@ -90,12 +90,41 @@ def test_bad_job_gives_an_error_event_and_exit_code_1(tiny_phantom, label_map, t
     worker = start_worker(write_job(tmp_path / "job.json", job))
     events = read_events(worker)
     assert worker.wait(timeout=60) == 1
-    assert events[-1]["event"] == "error" and "missing.nii.gz" in events[-1]["message"]
+    assert events[-2]["event"] == "error" and "missing.nii.gz" in events[-2]["message"]
+    assert events[-1] == {"event": "done", "stopped": False}
 
 
 def test_unreadable_job_file_and_unknown_task(tmp_path):
     worker = start_worker(tmp_path / "nope.json")
-    assert read_events(worker)[-1]["event"] == "error" and worker.wait(timeout=60) == 1
+    assert read_events(worker)[-2]["event"] == "error" and worker.wait(timeout=60) == 1
     worker = start_worker(write_job(tmp_path / "job.json", {"task": "dance"}))
     events = read_events(worker)
-    assert worker.wait(timeout=60) == 1 and "unknown job task" in events[-1]["message"]
+    assert worker.wait(timeout=60) == 1 and "unknown job task" in events[-2]["message"]
+
+
+def test_sigkill_during_training_leaves_whole_files_and_the_run_resumes_from_the_last_checkpoint(
+    tiny_phantom, label_map, tmp_path
+):
+    """SIGKILL runs no handler: only atomic writes keep ``last.pt`` and ``history.json`` whole."""
+    out_dir = tmp_path / "run"
+    job = train_job(tiny_phantom, label_map, out_dir, iterations=10_000)
+    job["overrides"]["checkpoint_every"] = 1  # a save at every step: the kill most likely lands in one
+    worker = start_worker(write_job(tmp_path / "job.json", job))
+    read_events(worker, until=lambda event: event["event"] == "checkpoint" and event["step"] >= 5)
+    worker.kill()
+    worker.wait(timeout=60)
+    checkpoints = out_dir / "checkpoints"
+    killed_at = load_checkpoint(checkpoints / "last.pt").step  # loads, and its digest matches
+    assert killed_at >= 5
+    assert set(json.loads((out_dir / "history.json").read_text())) == {"losses", "validation"}
+    leftover = checkpoints / ".last.pt.k1ll3d.tmp.pt"  # what a kill in the middle of a save leaves
+    leftover.write_bytes(b"PK\x03\x04 half a checkpoint")
+
+    job = train_job(tiny_phantom, label_map, out_dir, iterations=killed_at + 2)
+    resumed = start_worker(write_job(tmp_path / "job2.json", job))
+    events = read_events(resumed)
+    assert resumed.wait(timeout=60) == 0
+    steps = [event["step"] for event in events if event["event"] == "progress" and "case" not in event]
+    assert steps[0] == killed_at + 1 and steps[-1] == killed_at + 2
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["best.pt", "last.pt"]  # leftovers removed
+    assert load_checkpoint(checkpoints / "last.pt").step == killed_at + 2

@@ -86,7 +86,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         step=WARM_UP_STEPS + args.steps,
         metadata={},
     )
-    model = TrainedModel(checkpoint, device)
+    model = TrainedModel(checkpoint, device, Path("(in memory)"))
     images = [load_case(case, spec.label_map)[0] for case in split.test_sets["lge"][: args.volumes]]
     model.segment_image(images[0])  # warm-up
     seconds = []

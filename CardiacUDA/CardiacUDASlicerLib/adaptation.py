@@ -24,8 +24,9 @@ from typing import Any
 
 import slicer
 
+from CardiacUDALib.cases import SEGMENTATION_TAG, case_name_of_output
 from CardiacUDALib.errors import InputDataError
-from CardiacUDALib.io import LabelMap
+from CardiacUDALib.io import LabelMap, check_label_not_empty, write_image
 from CardiacUDASlicerLib.catalog import CheckpointInfo, describe_checkpoint
 from CardiacUDASlicerLib.segmentations import (
     label_image_from_segmentation,
@@ -35,15 +36,13 @@ from CardiacUDASlicerLib.segmentations import (
 from CardiacUDASlicerLib.tables import metrics_table_node
 from CardiacUDASlicerLib.volumes import (
     add_volume_node,
+    check_volume_values,
     crop_image_to_roi,
     image_from_volume_node,
     read_image_file,
-    write_image,
 )
 
 MANIFEST_NAME = "run.json"
-SEGMENTATION_FILE_SUFFIX = "_seg.nii.gz"  # what the library's segment_cases writes
-TRANSLATION_FILE_SUFFIX = "_translated.nii.gz"
 
 
 class RunMode(enum.Enum):
@@ -233,7 +232,7 @@ class AdaptationRun:
 
     def evaluation_job(self, segmentations: list[str]) -> dict[str, Any] | None:
         """Scores of the segmentations against the targets' reference segmentations, if any were given."""
-        by_case = {Path(path).name.removesuffix(SEGMENTATION_FILE_SUFFIX): path for path in segmentations}
+        by_case = {case_name_of_output(Path(path), SEGMENTATION_TAG): path for path in segmentations}
         pairs = [(by_case[case.name], case) for case in self.targets if case.label and case.name in by_case]
         if not pairs:
             return None
@@ -257,42 +256,44 @@ def _in_roi(image: Any, roi: slicer.vtkMRMLMarkupsROINode | None, what: str) -> 
     return image if roi is None else crop_image_to_roi(image, roi, what)
 
 
-def _export_source(
+def _source_files(
     inputs: AdaptationInputs,
     label_map: LabelMap,
     inputs_dir: Path,
     logic: slicer.vtkSlicerSegmentationsModuleLogic,
-) -> RunCase:
-    """The source volume and its labels (written with ``label_map``'s values) as NRRD files."""
+) -> tuple[RunCase, dict[Path, Any]]:
+    """The source volume and its labels (with ``label_map``'s values), checked, and the NRRD files they go to."""
     volume = inputs.source_volume
     (name,) = case_names([volume.GetName()])
     labels = label_image_from_segmentation(inputs.source_segmentation, volume, label_map, logic)
-    image_path = write_image(image_from_volume_node(volume), inputs_dir / f"source_{name}.nrrd")
-    label_path = write_image(labels, inputs_dir / f"source_{name}_label.nrrd")
-    return RunCase(name, volume.GetName(), str(image_path), str(label_path))
+    check_label_not_empty(labels, f"segmentation '{inputs.source_segmentation.GetName()}'")
+    image_path, label_path = inputs_dir / f"source_{name}.nrrd", inputs_dir / f"source_{name}_label.nrrd"
+    files = {image_path: check_volume_values(volume, image_from_volume_node(volume)), label_path: labels}
+    return RunCase(name, volume.GetName(), str(image_path), str(label_path)), files
 
 
-def _export_target(
+def _target_files(
     inputs: AdaptationInputs,
     node: slicer.vtkMRMLScalarVolumeNode,
     name: str,
     label_map: LabelMap,
     inputs_dir: Path,
     logic: slicer.vtkSlicerSegmentationsModuleLogic,
-) -> RunCase:
-    """A target volume (cropped to the ROI) and, when one was given, its reference segmentation."""
+) -> tuple[RunCase, dict[Path, Any]]:
+    """A target volume (cropped to the ROI), checked, with its reference segmentation when one was given,
+    and the NRRD files they go to."""
     what = f"target volume '{node.GetName()}'"
-    image_path = write_image(
-        _in_roi(image_from_volume_node(node), inputs.roi, what), inputs_dir / f"{name}.nrrd"
-    )
+    image_path = inputs_dir / f"{name}.nrrd"
+    files = {image_path: check_volume_values(node, _in_roi(image_from_volume_node(node), inputs.roi, what))}
     reference = inputs.reference_segmentations.get(node.GetID())
     label_path = None
     if reference is not None:
         labels = label_image_from_segmentation(reference, node, label_map, logic, require_every_class=False)
-        label_path = str(
-            write_image(_in_roi(labels, inputs.roi, what), inputs_dir / f"{name}_reference.nrrd")
-        )
-    return RunCase(name, node.GetName(), str(image_path), label_path)
+        label_path = inputs_dir / f"{name}_reference.nrrd"
+        files[label_path] = _in_roi(labels, inputs.roi, what)
+    return RunCase(
+        name, node.GetName(), str(image_path), None if label_path is None else str(label_path)
+    ), files
 
 
 def prepare_run(
@@ -318,14 +319,21 @@ def prepare_run(
         checkpoint.label_map if checkpoint else label_map_from_segmentation(inputs.source_segmentation)
     )
     inputs_dir = root / "inputs"
-    source = (
-        _export_source(inputs, label_map, inputs_dir, segmentations_logic) if needs_source(mode) else None
-    )
+    # Every input is exported and checked in memory first: a bad one is refused before any file is written.
     names = case_names([node.GetName() for node in inputs.target_volumes])
-    targets = [
-        _export_target(inputs, node, name, label_map, inputs_dir, segmentations_logic)
+    exported_targets = [
+        _target_files(inputs, node, name, label_map, inputs_dir, segmentations_logic)
         for name, node in zip(names, inputs.target_volumes)
     ]
+    source, source_files = (
+        _source_files(inputs, label_map, inputs_dir, segmentations_logic)
+        if needs_source(mode)
+        else (None, {})
+    )
+    for files in [source_files, *(files for _, files in exported_targets)]:
+        for path, image in files.items():
+            write_image(image, path)
+    targets = [case for case, _ in exported_targets]
     run = AdaptationRun(
         root=root,
         mode=mode,
@@ -384,7 +392,7 @@ def import_results(
     imported = ImportedResults()
     cases = {case.name: case for case in run.targets}
     for path in run.results.get("segmentations", []):
-        case = cases[Path(path).name.removesuffix(SEGMENTATION_FILE_SUFFIX)]
+        case = cases[case_name_of_output(Path(path), SEGMENTATION_TAG)]
         reference = _target_node(scene, case, targets_in_scene)
         imported.segmentations[case.name] = segmentation_from_label_image(
             read_image_file(Path(path)),

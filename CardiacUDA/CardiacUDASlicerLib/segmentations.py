@@ -17,6 +17,8 @@ import slicer.util
 from vtkmodules.vtkCommonCore import vtkStringArray
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
+from CardiacUDALib.atomic import atomic_path
+from CardiacUDALib.cases import stem_of
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LABEL_MAPS, LabelMap
 from CardiacUDASlicerLib.terminology import find_structure, terminology_type_code
@@ -264,7 +266,7 @@ def load_segmentation_file(
     known label maps (MS-CMRSeg 200/500/600 -> MYO, LV, RV).
     """
     path = Path(path)
-    name = path.name.split(".")[0]
+    name = stem_of(path).removesuffix(".seg") if path.name.lower().endswith(".seg.nrrd") else stem_of(path)
     if path.name.lower().endswith(".seg.nrrd"):
         node = (
             segmentations_logic.LoadSegmentationFromFile(str(path), False, name) if path.is_file() else None
@@ -280,10 +282,10 @@ def load_segmentation_file(
 
 
 def save_segmentation(segmentation_node: slicer.vtkMRMLSegmentationNode, path: Path) -> Path:
-    """Write a ``.seg.nrrd`` (segment names, colours, terminology and label values in its header)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a ``.seg.nrrd`` (segment names, colours, terminology and label values in its header), atomically."""
     storage = segmentation_node.CreateDefaultStorageNode()
-    storage.SetFileName(str(path))
-    if not storage.WriteData(segmentation_node):
-        raise InputDataError(f"cannot write {path}")
-    return path
+    with atomic_path(path) as temporary:
+        storage.SetFileName(str(temporary))
+        if not storage.WriteData(segmentation_node):
+            raise InputDataError(f"cannot write {path}")
+    return Path(path)

@@ -16,7 +16,9 @@ import slicer
 import slicer.util
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
+from CardiacUDALib.cases import stem_of
 from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.io import check_image_values, read_image
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
 SCALAR_VOLUME_CLASS = "vtkMRMLScalarVolumeNode"
@@ -102,13 +104,6 @@ def add_volume_node(
     return node
 
 
-def write_image(image: sitk.Image, path: Path) -> Path:
-    """Write an image compressed; run inputs go out as NRRD, which keeps the geometry to the last bit."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path), useCompression=True)
-    return path
-
-
 def read_image_file(path: Path) -> sitk.Image:
     """A 3D scalar image from a file, with a message a user can act on when it is not one."""
     if not Path(path).is_file():
@@ -150,6 +145,13 @@ def crop_image_to_roi(image: sitk.Image, roi: slicer.vtkMRMLMarkupsROINode, what
 def load_volume_file(
     scene: slicer.vtkMRMLScene, path: Path, name: str | None = None
 ) -> slicer.vtkMRMLVolumeNode:
-    """A scalar volume node from an image file, named after the file unless ``name`` is given."""
+    """A scalar volume node from an image file (NaN, infinite and constant images refused, naming the
+    file), named after the file unless ``name`` is given."""
     path = Path(path)
-    return add_volume_node(scene, read_image_file(path), name or path.name.split(".")[0])
+    return add_volume_node(scene, read_image(path), name or stem_of(path))
+
+
+def check_volume_values(node: slicer.vtkMRMLVolumeNode, image: sitk.Image) -> sitk.Image:
+    """``image`` (the node's voxels) if it holds no NaN or infinite voxel and is not constant."""
+    check_image_values(sitk.GetArrayViewFromImage(image), f"volume '{node.GetName()}'")
+    return image

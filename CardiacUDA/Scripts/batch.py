@@ -34,9 +34,11 @@ from CardiacUDASlicerLib.adaptation import (  # noqa: E402
 from CardiacUDASlicerLib.jobrunner import WorkerUnavailableError  # noqa: E402
 from CardiacUDASlicerLib.mrml import application_context  # noqa: E402
 from CardiacUDASlicerLib.segmentations import load_segmentation_file, save_segmentation  # noqa: E402
-from CardiacUDASlicerLib.volumes import image_from_volume_node, load_volume_file, write_image  # noqa: E402
+from CardiacUDASlicerLib.volumes import image_from_volume_node, load_volume_file  # noqa: E402
 
+from CardiacUDALib.atomic import check_writable_folder  # noqa: E402
 from CardiacUDALib.errors import CardiacUDAError  # noqa: E402
+from CardiacUDALib.io import write_image  # noqa: E402
 
 EXIT_SUCCESS = 0
 EXIT_FAILURE = 1
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     from CardiacUDASlicerLib.catalog import describe_checkpoint
     from CardiacUDASlicerLib.execution import RunExecution
 
+    check_writable_folder(args.out, "--out")
     context = application_context()
     if hasattr(slicer, "app"):  # inside Slicer: install what is missing, never asking
         from CardiacUDASlicerLib.dependencies import ensure_dependencies

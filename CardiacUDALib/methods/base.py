@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.typed_values import checked, field_types
 
 
 @dataclass
@@ -51,6 +52,12 @@ class MethodConfig:
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     validate_every: int = 100
     checkpoint_every: int = 100
+
+    # Ranges, checked by build_config before anything is built: every integer setting is at least 1
+    # and every number at least 0, except the settings named here (subclasses add their own).
+    zero_allowed: ClassVar[frozenset[str]] = frozenset({"iterations"})  # integers that may be 0
+    positive: ClassVar[frozenset[str]] = frozenset({"learning_rate"})  # numbers that must be > 0
+    fractions: ClassVar[frozenset[str]] = frozenset()  # numbers in [0, 1]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,21 +155,36 @@ def build_config(method: type[AdaptationMethod], preset: str = "paper", **overri
             f"method {method.key!r} has no preset {preset!r}; choose one of {', '.join(method.presets)}"
         )
     values = {**method.presets[preset], **overrides}
-    known = {field.name for field in dataclasses.fields(method.config_class)}
-    unknown = sorted(set(values) - known)
+    types = field_types(method.config_class)
+    unknown = sorted(set(values) - set(types))
     if unknown:
         raise CardiacUDAError(
-            f"unknown setting(s) {', '.join(unknown)} for method {method.key!r}; known: {', '.join(sorted(known))}"
+            f"unknown setting(s) {', '.join(unknown)} for method {method.key!r}; known: {', '.join(sorted(types))}"
         )
-    config = method.config_class(**values)
-    if config.iterations < 0 or config.batch_size < 1:
-        raise CardiacUDAError(
-            f"iterations must be >= 0 (0: no training, start from a checkpoint) and batch_size >= 1 "
-            f"(got {config.iterations}, {config.batch_size})"
-        )
-    if config.context_slices < 1 or config.context_slices % 2 == 0:
+    config = method.config_class(
+        **{name: checked_setting(method.config_class, name, value) for name, value in values.items()}
+    )
+    if config.context_slices % 2 == 0:
         raise CardiacUDAError(f"context_slices must be a positive odd number, not {config.context_slices}")
     return config
+
+
+def checked_setting(config_class: type[MethodConfig], name: str, value: Any) -> Any:
+    """``value`` for setting ``name`` if its type and range fit (see ``MethodConfig``'s ranges)."""
+    value = checked(value, field_types(config_class)[name], f"setting {name!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if name in config_class.fractions:
+        allowed, fits = "between 0 and 1", 0 <= value <= 1
+    elif name in config_class.positive:
+        allowed, fits = "greater than 0", value > 0
+    elif isinstance(value, int) and name not in config_class.zero_allowed:
+        allowed, fits = "at least 1", value >= 1
+    else:
+        allowed, fits = "at least 0", value >= 0
+    if not fits:
+        raise CardiacUDAError(f"setting {name!r} must be {allowed}, not {value}")
+    return value
 
 
 def config_from_dict(method: type[AdaptationMethod], values: dict[str, Any]) -> MethodConfig:

@@ -25,6 +25,7 @@ form of Eq. 1. D_s reads Seg's raw logits (released code). Adam lr 2e-4, betas (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -58,6 +59,7 @@ class CisfaConfig(ContrastiveTranslationConfig):
     output_alignment: str = "adversarial"  # or "released_code" (cooperative D_s term)
     output_adversarial_weight: float = 1.0
     cross_entropy_weight: float = 0.0  # Eq. 6 has Dice only; > 0 adds class-weighted CE (faster start on CPU)
+    positive: ClassVar[frozenset[str]] = ContrastiveTranslationConfig.positive | {"gcl_temperature"}
 
 
 class GlobalProjectionHead(nn.Sequential):

@@ -33,6 +33,7 @@ details are not in our seeds; the choices, after MPSCL (margin contrast with pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,11 @@ class CMEVAEConfig(VarDAConfig):
     contrast_temperature: float = 0.1
     source_contrast_weight: float = 0.1
     target_contrast_weight: float = 0.01
+    positive: ClassVar[frozenset[str]] = VarDAConfig.positive | {"contrast_temperature"}
+    fractions: ClassVar[frozenset[str]] = VarDAConfig.fractions | {
+        "memory_momentum",
+        "pseudo_label_threshold",
+    }
 
 
 class PrototypeContrast(nn.Module):

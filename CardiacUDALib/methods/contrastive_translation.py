@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -62,6 +62,8 @@ class ContrastiveTranslationConfig(MethodConfig):
     segmenter_width: int = 64  # U-Net of 4 resolution stages, 64-1024 channels (CISFA §4.2)
     segmenter_depth: int = 4
     segmenter_norm: str = "batch"
+    zero_allowed: ClassVar[frozenset[str]] = MethodConfig.zero_allowed | {"residual_blocks"}
+    positive: ClassVar[frozenset[str]] = MethodConfig.positive | {"nce_temperature"}
 
 
 def to_signed(images: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ library's batch soft Dice averaged over the foreground classes (the same as ``so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -54,6 +55,7 @@ class CutSegConfig(ContrastiveTranslationConfig):
     translation_fraction: float = 0.5  # two-stage: share of the iterations that train the translation
     identity_nce: bool = True  # L^T_PatchNCE on (x_t, G(x_t)), Zeng Eq. 8-10 (CUT mode)
     dice_weight: float = 1.0
+    fractions: ClassVar[frozenset[str]] = ContrastiveTranslationConfig.fractions | {"translation_fraction"}
 
 
 @register_method

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +112,17 @@ class PnPAdaNetConfig(MethodConfig):
     )
     critic_warmup_steps: int = 2000  # critic-only steps before the first DAM update (the code: 20100)
     weight_clip: float = 0.03
+    zero_allowed: ClassVar[frozenset[str]] = MethodConfig.zero_allowed | {
+        "source_iterations",
+        "critic_warmup_steps",
+        "critic_steps_increase_every",
+    }
+    positive: ClassVar[frozenset[str]] = MethodConfig.positive | {"adversarial_learning_rate", "weight_clip"}
+    fractions: ClassVar[frozenset[str]] = MethodConfig.fractions | {
+        "source_lr_decay",
+        "rmsprop_decay",
+        "adversarial_lr_decay",
+    }
 
 
 class PhaseCounters(nn.Module):

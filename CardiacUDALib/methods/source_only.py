@@ -8,6 +8,7 @@ on per-volume percentile-clipped, z-scored slices; loss = class-weighted cross-e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ class SourceOnlyConfig(MethodConfig):
     dropout: float = 0.0
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
+    fractions: ClassVar[frozenset[str]] = MethodConfig.fractions | {"dropout"}
 
 
 @register_method

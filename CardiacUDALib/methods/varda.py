@@ -28,6 +28,7 @@ their terms in :meth:`VarDA.extra_losses`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,7 @@ class VarDAConfig(MethodConfig):
     discrepancy_weight: float = 1e-5  # c4 of Eq. 12
     discrepancy_scale_weights: tuple[float, float, float] = (1.0, 1.0, 0.1)  # full, 1/2, 1/4
     discrepancy_pool: int = 4  # posteriors average-pooled 4x4 before the kernel (VarDA code)
+    fractions: ClassVar[frozenset[str]] = MethodConfig.fractions | {"dropout"}
 
 
 @dataclass
