@@ -24,6 +24,7 @@ from typing import Any
 
 import slicer
 
+from CardiacUDALib.atomic import write_json_atomic
 from CardiacUDALib.cases import SEGMENTATION_TAG, case_name_of_output
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LabelMap, check_label_not_empty, write_image
@@ -176,9 +177,7 @@ class AdaptationRun:
             "settings": self.settings,
             "results": self.results,
         }
-        temporary = self.root / f"{MANIFEST_NAME}.tmp"
-        temporary.write_text(json.dumps(document, indent=2), encoding="utf-8")
-        temporary.replace(self.root / MANIFEST_NAME)
+        write_json_atomic(self.root / MANIFEST_NAME, document)
 
     @classmethod
     def load(cls, root: str | Path) -> AdaptationRun:

@@ -31,7 +31,8 @@ from typing import IO, Any
 
 import slicer
 
-from CardiacUDALib.runfolder import STOP_FILE_NAME  # torch-free: safe at module load
+from CardiacUDALib.atomic import write_json_atomic  # torch-free: safe at module load
+from CardiacUDALib.runfolder import STOP_FILE_NAME
 
 Event = dict[str, Any]
 WORKER_MODULE = "CardiacUDALib.worker"
@@ -137,10 +138,7 @@ class WorkerJob:
 
     def start(self) -> None:
         """Write the job file and start the worker; returns at once."""
-        self.job_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.job_file.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(self.job, indent=2), encoding="utf-8")
-        os.replace(temporary, self.job_file)
+        write_json_atomic(self.job_file, self.job)
         command = self.command or [worker_interpreter(), "-m", WORKER_MODULE, str(self.job_file)]
         platform_options: dict[str, Any] = (
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
