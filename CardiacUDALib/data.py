@@ -16,12 +16,23 @@ import torch
 from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LabelMap, check_label_not_empty, load_case
-from CardiacUDALib.methods.base import SliceBatch
 from CardiacUDALib.preprocess import PreparedVolume, PreprocessConfig, prepare_volume
 
 # Intensity jitter of augment_batch, in units of the normalised image (z-score: standard deviations).
 INTENSITY_SCALE_RANGE = (0.8, 1.2)
 INTENSITY_SHIFT_RANGE = (-0.2, 0.2)
+
+
+@dataclass
+class SliceBatch:
+    """A batch of 2D (or 2.5D) slices: images ``[B, k, H, W]`` float, labels ``[B, H, W]`` long or None."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> SliceBatch:
+        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
+        return SliceBatch(self.images.to(device, non_blocking=True), labels)
 
 
 @dataclass

@@ -10,8 +10,9 @@ import torch
 from conftest import TEST_SEED, mean_dice, train_fast_on_phantom
 from torch import nn
 
+from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.errors import CardiacUDAError
-from CardiacUDALib.methods import SliceBatch, build_config, get_method
+from CardiacUDALib.methods import build_config, get_method
 from CardiacUDALib.methods.pnp_adanet import PnPAdaNet
 from CardiacUDALib.optimizers import rmsprop
 

@@ -10,7 +10,8 @@ import torch
 from conftest import TEST_SEED, mean_dice, torch_threads, train_fast_on_phantom
 from scipy import stats
 
-from CardiacUDALib.methods import SliceBatch, build_config, get_method
+from CardiacUDALib.data import SliceBatch
+from CardiacUDALib.methods import build_config, get_method
 from CardiacUDALib.nets.prototype_memory import PrototypeMemory
 from CardiacUDALib.nets.structure_mi import StructureMIEstimator
 from CardiacUDALib.variational_losses import (

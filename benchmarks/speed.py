@@ -26,11 +26,10 @@ import torch
 from CardiacUDALib.benchmark import get_dataset, machine_description
 from CardiacUDALib.checkpoint import Checkpoint
 from CardiacUDALib.cli import parse_settings
-from CardiacUDALib.data import SlicePool, load_volumes, step_generator
+from CardiacUDALib.data import SliceBatch, SlicePool, load_volumes, step_generator
 from CardiacUDALib.engine import TrainedModel, preprocess_for, resolve_device
 from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
-from CardiacUDALib.methods.base import SliceBatch
 
 WARM_UP_STEPS = 5
 

@@ -4,14 +4,13 @@ Importing this package registers every method; ``get_method(key)`` returns its c
 """
 
 from CardiacUDALib.methods import adabn, cisfa, cmevae, cut_seg, pnp_adanet, source_only, uda_vae_pp, varda  # noqa: F401  (importing registers the methods)
-from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch, build_config
+from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, build_config
 from CardiacUDALib.methods.registry import METHODS, get_method, register_method
 
 __all__ = [
     "METHODS",
     "AdaptationMethod",
     "MethodConfig",
-    "SliceBatch",
     "build_config",
     "get_method",
     "register_method",

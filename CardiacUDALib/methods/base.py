@@ -17,20 +17,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.typed_values import checked, field_types
-
-
-@dataclass
-class SliceBatch:
-    """A batch of 2D (or 2.5D) slices: images ``[B, k, H, W]`` float, labels ``[B, H, W]`` long or None."""
-
-    images: torch.Tensor
-    labels: torch.Tensor | None = None
-
-    def to(self, device: torch.device) -> SliceBatch:
-        labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
-        return SliceBatch(self.images.to(device, non_blocking=True), labels)
 
 
 @dataclass

@@ -53,9 +53,10 @@ from CardiacUDALib.adversarial_losses import (
     wasserstein_critic_loss,
     wasserstein_generator_loss,
 )
+from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.losses import soft_dice_loss, weighted_cross_entropy
-from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch
+from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.nets.blocks import pad_to_multiple
 from CardiacUDALib.nets.critic import ResidualCritic

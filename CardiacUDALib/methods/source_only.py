@@ -13,8 +13,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.losses import soft_dice_loss, weighted_cross_entropy
-from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch
+from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.nets.unet import UNet
 

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, SliceBatch
+from CardiacUDALib.data import SliceBatch
+from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.nets.blocks import pad_to_multiple
 from CardiacUDALib.nets.variational import ReconstructionDecoders, VariationalOutput, VariationalUNet
