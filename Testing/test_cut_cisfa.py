@@ -20,12 +20,13 @@ from CardiacUDALib.contrastive_losses import (
     patch_nce_terms,
 )
 from CardiacUDALib.data import SliceBatch
-from CardiacUDALib.engine import TrainedModel, train, translate_cases
+from CardiacUDALib.inference import TrainedModel, translate_cases
 from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
 from CardiacUDALib.methods.contrastive_translation import to_signed
 from CardiacUDALib.nets.translation import labels_at_locations
 from CardiacUDALib.preprocess import PreprocessConfig, prepare_volume
+from CardiacUDALib.training import train
 
 SIZE = 48
 
