@@ -155,7 +155,7 @@ def test_every_registered_method_builds_from_both_presets():
 
 
 def test_weighted_cross_entropy_is_finite_on_an_all_background_batch_and_weights_rare_classes():
-    from CardiacUDALib.losses import class_fraction_weights, weighted_cross_entropy
+    from CardiacUDALib.losses.segmentation import class_fraction_weights, weighted_cross_entropy
 
     logits = torch.randn(2, 4, 8, 8)
     background = torch.zeros(2, 8, 8, dtype=torch.long)
