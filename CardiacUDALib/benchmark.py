@@ -27,19 +27,11 @@ import torch
 
 from CardiacUDALib.atomic import write_json_atomic, write_text_atomic
 from CardiacUDALib.cases import VolumeCase, find_cases
-from CardiacUDALib.engine import (
-    Event,
-    EventSink,
-    RunFolder,
-    StopCheck,
-    TrainedModel,
-    TrainRequest,
-    evaluate_cases,
-    ignore_event,
-    never_stop,
-    resolve_device,
-)
+from CardiacUDALib.device import resolve_device
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
+from CardiacUDALib.evaluation import evaluate_cases
+from CardiacUDALib.events import Event, EventSink, StopCheck, ignore_event, never_stop
+from CardiacUDALib.inference import TrainedModel
 from CardiacUDALib.io import LABEL_MAPS, LabelMap, load_case, read_label
 from CardiacUDALib.jobs import run_job
 from CardiacUDALib.methods import get_method
@@ -53,6 +45,8 @@ from CardiacUDALib.report import (
     plot_training_curve,
     translation_grid_png,
 )
+from CardiacUDALib.runfolder import RunFolder
+from CardiacUDALib.training import TrainRequest
 
 DATA_ENVIRONMENT_VARIABLE = "CARDIACUDA_DATA"
 SPLITS = ("cross-domain", "in-domain")

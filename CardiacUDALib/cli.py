@@ -282,9 +282,9 @@ def command_phantom(args: argparse.Namespace) -> int:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from CardiacUDALib.engine import TrainRequest
     from CardiacUDALib.io import parse_label_map
     from CardiacUDALib.jobs import run_job
+    from CardiacUDALib.training import TrainRequest
 
     target = cases_from_arguments(args.target, "--target", labelled=False)
     request = TrainRequest(

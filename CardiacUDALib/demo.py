@@ -28,8 +28,8 @@ from CardiacUDALib.benchmark import (
     write_overlays,
     write_translation_grid,
 )
-from CardiacUDALib.engine import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.io import LABEL_MAPS
 from CardiacUDALib.methods import get_method
 from CardiacUDALib.phantom import PhantomDataset, write_phantom_dataset

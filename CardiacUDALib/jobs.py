@@ -2,7 +2,7 @@
 
 A job is a dictionary with a ``task`` and its inputs (DESIGN.md §2.2):
 
-* ``train``: the fields of :class:`~CardiacUDALib.engine.TrainRequest`, plus optional
+* ``train``: the fields of :class:`~CardiacUDALib.training.TrainRequest`, plus optional
   ``segment`` (cases to segment with the selected checkpoint afterwards) and ``translate`` (cases to
   translate, for methods with a generator);
 * ``segment``: ``checkpoint``, ``cases`` (``[{"name", "image"}]``), ``out_dir``, optional ``device``,
@@ -20,20 +20,12 @@ from typing import Any
 
 from CardiacUDALib.atomic import check_writable_folder
 from CardiacUDALib.cases import cases_from_dicts
-from CardiacUDALib.engine import (
-    EventSink,
-    StopCheck,
-    TrainedModel,
-    TrainRequest,
-    evaluate_cases,
-    ignore_event,
-    never_stop,
-    segment_cases,
-    train,
-    translate_cases,
-)
 from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.evaluation import evaluate_cases
+from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
+from CardiacUDALib.inference import TrainedModel, segment_cases, translate_cases
 from CardiacUDALib.io import LabelMap, parse_label_map
+from CardiacUDALib.training import TrainRequest, train
 from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field
 
 TASKS = ("train", "segment", "translate", "evaluate")

@@ -20,8 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from CardiacUDALib.engine import Event
 from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.events import Event
 from CardiacUDALib.jobs import run_job
 from CardiacUDALib.runfolder import STOP_FILE_NAME
 

@@ -17,17 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from CardiacUDALib.engine import (
-    TrainedModel,
-    TrainOutcome,
-    TrainRequest,
-    evaluate_cases,
-    segment_cases,
-    train,
-)
+from CardiacUDALib.evaluation import evaluate_cases
+from CardiacUDALib.inference import TrainedModel, segment_cases
 from CardiacUDALib.io import LABEL_MAPS, LabelMap
 from CardiacUDALib.phantom import PhantomDataset, write_phantom_dataset
 from CardiacUDALib.preprocess import PreprocessConfig
+from CardiacUDALib.training import TrainOutcome, TrainRequest, train
 
 TEST_SEED = int(os.environ.get("CARDIACUDA_TEST_SEED", "0"))
 _SWEPT_THREADS = os.environ.get("CARDIACUDA_TEST_THREADS")

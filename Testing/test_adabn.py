@@ -11,11 +11,11 @@ from conftest import PHANTOM_SIZE, mean_dice, tiny_request
 from torch import nn
 
 from CardiacUDALib.checkpoint import load_checkpoint
-from CardiacUDALib.engine import TrainRequest, train
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.methods import build_config, get_method
-from CardiacUDALib.methods.adabn import adapt_batchnorm, batchnorm_layers
 from CardiacUDALib.preprocess import PreprocessConfig
+from CardiacUDALib.stages import adapt_batchnorm, batchnorm_layers
+from CardiacUDALib.training import TrainRequest, train
 
 BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

@@ -13,19 +13,20 @@ from conftest import TEST_SEED, mean_dice, tiny_request, train_fast_on_phantom
 from scipy.stats import wasserstein_distance
 
 from CardiacUDALib.benchmark import DataSplit, write_translation_grid
-from CardiacUDALib.contrastive_losses import (
+from CardiacUDALib.data import SliceBatch
+from CardiacUDALib.inference import TrainedModel, translate_cases
+from CardiacUDALib.io import load_case
+from CardiacUDALib.losses.contrastive import (
     foreground_weights,
     nt_xent_loss,
     patch_nce_loss,
     patch_nce_terms,
 )
-from CardiacUDALib.data import SliceBatch
-from CardiacUDALib.engine import TrainedModel, train, translate_cases
-from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
 from CardiacUDALib.methods.contrastive_translation import to_signed
 from CardiacUDALib.nets.translation import labels_at_locations
 from CardiacUDALib.preprocess import PreprocessConfig, prepare_volume
+from CardiacUDALib.training import train
 
 SIZE = 48
 

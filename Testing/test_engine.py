@@ -12,12 +12,14 @@ import torch
 from conftest import tiny_request
 
 from CardiacUDALib.checkpoint import load_checkpoint
-from CardiacUDALib.engine import TrainedModel, evaluate_cases, keep_largest_components, segment_cases, train
 from CardiacUDALib.errors import CardiacUDAError, CheckpointError, InputDataError
+from CardiacUDALib.evaluation import evaluate_cases
+from CardiacUDALib.inference import TrainedModel, keep_largest_components, segment_cases
 from CardiacUDALib.io import read_image, read_label
 from CardiacUDALib.jobs import run_job
 from CardiacUDALib.methods import get_method
 from CardiacUDALib.methods.source_only import SourceOnly
+from CardiacUDALib.training import train
 
 
 def test_training_writes_checkpoints_history_and_selects_on_validation(tiny_phantom, label_map, tmp_path):
@@ -153,7 +155,7 @@ def test_every_registered_method_builds_from_both_presets():
 
 
 def test_weighted_cross_entropy_is_finite_on_an_all_background_batch_and_weights_rare_classes():
-    from CardiacUDALib.losses import class_fraction_weights, weighted_cross_entropy
+    from CardiacUDALib.losses.segmentation import class_fraction_weights, weighted_cross_entropy
 
     logits = torch.randn(2, 4, 8, 8)
     background = torch.zeros(2, 8, 8, dtype=torch.long)

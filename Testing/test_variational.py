@@ -11,16 +11,16 @@ from conftest import TEST_SEED, mean_dice, torch_threads, train_fast_on_phantom
 from scipy import stats
 
 from CardiacUDALib.data import SliceBatch
-from CardiacUDALib.methods import build_config, get_method
-from CardiacUDALib.nets.prototype_memory import PrototypeMemory
-from CardiacUDALib.nets.structure_mi import StructureMIEstimator
-from CardiacUDALib.variational_losses import (
+from CardiacUDALib.losses.variational import (
     class_balanced_cross_entropy,
     gaussian_kernel_discrepancy,
     gaussian_kl,
     jensen_shannon_mi,
     margin_prototype_contrast,
 )
+from CardiacUDALib.methods import build_config, get_method
+from CardiacUDALib.nets.prototype_memory import PrototypeMemory
+from CardiacUDALib.nets.structure_mi import StructureMIEstimator
 
 VARIATIONAL = ("varda", "uda_vae_pp", "cmevae")
 

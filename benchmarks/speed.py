@@ -27,9 +27,11 @@ from CardiacUDALib.benchmark import get_dataset, machine_description
 from CardiacUDALib.checkpoint import Checkpoint
 from CardiacUDALib.cli import parse_settings
 from CardiacUDALib.data import SliceBatch, SlicePool, load_volumes, step_generator
-from CardiacUDALib.engine import TrainedModel, preprocess_for, resolve_device
+from CardiacUDALib.device import resolve_device
+from CardiacUDALib.inference import TrainedModel
 from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
+from CardiacUDALib.training import preprocess_for
 
 WARM_UP_STEPS = 5
 

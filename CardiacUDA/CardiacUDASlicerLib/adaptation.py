@@ -208,8 +208,8 @@ class AdaptationRun:
                 "device": self.settings["device"],
             }
         from CardiacUDALib.cases import VolumeCase
-        from CardiacUDALib.engine import TrainRequest
         from CardiacUDALib.preprocess import PreprocessConfig
+        from CardiacUDALib.training import TrainRequest
 
         request = TrainRequest(
             method=self.method,

@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from CardiacUDALib.losses.variational import margin_prototype_contrast
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.methods.varda import DomainPass, VarDA, VarDAConfig, downsample_labels
 from CardiacUDALib.nets.prototype_memory import PrototypeMemory
-from CardiacUDALib.variational_losses import margin_prototype_contrast
 
 IGNORED = -1  # target pixels whose prediction is not confident enough to be an anchor
 

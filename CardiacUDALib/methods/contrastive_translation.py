@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from CardiacUDALib.contrastive_losses import GAN_LOSSES, foreground_weights, patch_nce_loss
 from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.losses.contrastive import GAN_LOSSES, foreground_weights, patch_nce_loss
 from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
 from CardiacUDALib.nets.translation import (
     PatchGANDiscriminator,

@@ -27,10 +27,10 @@ from typing import ClassVar
 
 import torch
 
-from CardiacUDALib.contrastive_losses import discriminator_loss, generator_loss
 from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.errors import CardiacUDAError
-from CardiacUDALib.losses import soft_dice_loss, weighted_cross_entropy
+from CardiacUDALib.losses.contrastive import discriminator_loss, generator_loss
+from CardiacUDALib.losses.segmentation import soft_dice_loss, weighted_cross_entropy
 from CardiacUDALib.methods.contrastive_translation import (
     ContrastiveTranslationConfig,
     ContrastiveTranslationMethod,

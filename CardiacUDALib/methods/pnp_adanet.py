@@ -48,14 +48,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from CardiacUDALib.adversarial_losses import (
+from CardiacUDALib.data import SliceBatch
+from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.losses.adversarial import (
     clip_weights,
     wasserstein_critic_loss,
     wasserstein_generator_loss,
 )
-from CardiacUDALib.data import SliceBatch
-from CardiacUDALib.errors import CardiacUDAError
-from CardiacUDALib.losses import soft_dice_loss, weighted_cross_entropy
+from CardiacUDALib.losses.segmentation import soft_dice_loss, weighted_cross_entropy
 from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.nets.blocks import pad_to_multiple

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from CardiacUDALib.data import SliceBatch
-from CardiacUDALib.losses import soft_dice_loss, weighted_cross_entropy
+from CardiacUDALib.losses.segmentation import soft_dice_loss, weighted_cross_entropy
 from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.nets.unet import UNet

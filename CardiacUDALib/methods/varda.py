@@ -35,15 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from CardiacUDALib.data import SliceBatch
-from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
-from CardiacUDALib.methods.registry import register_method
-from CardiacUDALib.nets.blocks import pad_to_multiple
-from CardiacUDALib.nets.variational import ReconstructionDecoders, VariationalOutput, VariationalUNet
-from CardiacUDALib.variational_losses import (
+from CardiacUDALib.losses.variational import (
     class_balanced_cross_entropy,
     gaussian_kernel_discrepancy,
     gaussian_kl,
 )
+from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
+from CardiacUDALib.methods.registry import register_method
+from CardiacUDALib.nets.blocks import pad_to_multiple
+from CardiacUDALib.nets.variational import ReconstructionDecoders, VariationalOutput, VariationalUNet
 
 
 @dataclass

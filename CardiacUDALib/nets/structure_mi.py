@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from CardiacUDALib.losses.variational import jensen_shannon_mi
 from CardiacUDALib.nets.blocks import ConvNormAct
-from CardiacUDALib.variational_losses import jensen_shannon_mi
 
 
 def at_half_scale(maps: list[torch.Tensor]) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Loss functions shared by the methods. Each method file shows which ones it combines, and how."""
+"""Supervised segmentation losses shared by the methods: soft Dice and class-weighted cross-entropy.
+
+Each method file shows which ones it combines, and how.
+"""
 
 from __future__ import annotations
 

@@ -1,91 +1,45 @@
-"""Training, whole-volume inference and evaluation, for every method alike.
+"""Training, for every method alike.
 
 ``train`` runs a method's ``train_step`` over paired source/target batches, validates on a labelled
 set every ``validate_every`` steps, keeps the best checkpoint by mean foreground Dice **on that set
 only** (never on test labels), writes ``last.pt`` every ``checkpoint_every`` steps, stops cleanly
-when asked, and resumes from ``last.pt``. Progress goes out as event dictionaries (the job
-protocol of DESIGN.md §2.2), so the CLI, the worker and the Slicer module show the same thing.
+when asked, and resumes from ``last.pt``; then it runs the post-training stages the method or the
+request asks for (:mod:`CardiacUDALib.stages`) on the selected checkpoint. Progress goes out as
+events (:mod:`CardiacUDALib.events`), so the CLI, the worker and the Slicer module show the same
+thing. The engine knows methods only through the registry and :class:`AdaptationMethod`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
-from scipy import ndimage
 
 from CardiacUDALib import __version__
 from CardiacUDALib.atomic import check_writable_folder, write_json_atomic
-from CardiacUDALib.cases import (
-    SEGMENTATION_TAG,
-    TRANSLATION_TAG,
-    VolumeCase,
-    cases_from_dicts,
-    check_unique_names,
-    output_path,
-)
+from CardiacUDALib.cases import VolumeCase, cases_from_dicts
 from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from CardiacUDALib.data import LoadedVolume, SlicePool, load_volumes, step_generator
-from CardiacUDALib.errors import CardiacUDAError, CheckpointError, InputDataError
-from CardiacUDALib.io import LabelMap, classes_to_values, load_case, read_label, write_image
+from CardiacUDALib.device import resolve_device
+from CardiacUDALib.errors import CardiacUDAError, InputDataError
+from CardiacUDALib.evaluation import validate
+from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
+from CardiacUDALib.inference import load_weights
+from CardiacUDALib.io import LabelMap
 from CardiacUDALib.methods import AdaptationMethod, build_config, get_method
-from CardiacUDALib.methods.adabn import adapt_batchnorm
 from CardiacUDALib.methods.base import MethodConfig, checked_setting, config_from_dict
-from CardiacUDALib.metrics import EvaluationTable, score_images, score_volume
-from CardiacUDALib.preprocess import PreprocessConfig, prepare_volume, restore_intensity, restore_labels
+from CardiacUDALib.preprocess import PreprocessConfig
 from CardiacUDALib.runfolder import RunFolder
+from CardiacUDALib.stages import STAGES
 from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field
-
-Event = dict[str, Any]
-EventSink = Callable[[Event], None]
-StopCheck = Callable[[], bool]
-DEVICE_NAME = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
-
-
-def ignore_event(event: Event) -> None:
-    """The default event sink."""
-
-
-def never_stop() -> bool:
-    return False
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an unavailable explicit choice is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
-        raise CardiacUDAError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CardiacUDAError(
-            f"device {name!r} was asked for, but this PyTorch sees no CUDA GPU; use --device cpu"
-        )
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise CardiacUDAError(
-            f"device {name!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-            "numbered from 0"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CardiacUDAError("device 'mps' was asked for, but it is not available here; use --device cpu")
-    return device
-
-
-# ---- training ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -105,7 +59,7 @@ class TrainRequest:
     seed: int = 0
     resume: bool = True
     initial_checkpoint: Path | None = None  # start from these weights (a trained source model, for instance)
-    adabn: bool = False  # finish by re-estimating BatchNorm statistics on the target (methods.adabn)
+    adabn: bool = False  # finish with the adabn stage: BatchNorm statistics re-estimated on the target
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -254,29 +208,6 @@ def _checkpoint(
     )
 
 
-def load_weights(
-    method: AdaptationMethod, checkpoint: Checkpoint, path: str | Path, with_optimizers: bool = True
-) -> None:
-    """Load ``checkpoint``'s weights into ``method``, refusing networks that do not fit with a clear message.
-
-    A checkpoint of another method family (``--init`` with a ``varda`` file for ``source_only``, say) or
-    of other network settings has other or differently shaped tensors: torch's KeyError or size
-    mismatch becomes a message naming the file.
-    """
-    try:
-        method.load_state_dict(checkpoint.state, with_optimizers)
-    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
-        if isinstance(error, KeyError):
-            detail = f"it has no {error.args[0]!r}"
-        else:
-            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        raise CheckpointError(
-            f"{path} is a {checkpoint.method} checkpoint whose weights do not fit method {method.key!r} "
-            f"with these settings ({detail}): use a checkpoint of {method.key} (or of a method that shares "
-            "its networks, such as source_only for adabn) trained with the same network settings"
-        ) from error
-
-
 def _run_train_step(
     method: AdaptationMethod, source_batch: Any, target_batch: Any, step: int, batch_size: int
 ) -> dict[str, float]:
@@ -310,7 +241,7 @@ def train(
     method_class, config, preprocess = _method_and_preprocess(request, resumed, initial)
     needs_source = config.iterations > (resumed.step if resumed is not None else 0)
     label_map = _check_request(request, method_class, initial, needs_source)
-    finish_with_adabn = method_class.applies_adabn or request.adabn
+    stage_names = finishing_stages(method_class, request)
     if config.iterations == 0 and initial is None and resumed is None:
         raise CardiacUDAError(
             "iterations=0 means 'no training': give a trained checkpoint to start from (--init FILE)"
@@ -335,7 +266,7 @@ def train(
     )
     target_pool = (
         SlicePool(load_volumes(request.target, label_map, preprocess, False, loaded), config.context_slices)
-        if (method_class.uses_target or finish_with_adabn) and request.target
+        if (method_class.uses_target or stage_names) and request.target
         else None
     )
     validation = load_volumes(request.validation, label_map, preprocess, True, loaded)
@@ -429,15 +360,24 @@ def train(
             if step == 0 and initial is not None
             else f"no validation during training: the last weights (step {step})"
         )
-    if finish_with_adabn:
+    if stage_names:
         selection = (
-            _finish_with_adabn(method, run, target_pool, validation, label_map, preprocess, emit) + selection
+            _run_finishing_stages(
+                stage_names, method, run, target_pool, validation, label_map, preprocess, emit
+            )
+            + selection
         )
     emit({"event": "trained", "best_checkpoint": str(run.best), "selection": selection, "step": step})
     return TrainOutcome(run.best, run.last, step, False, history, selection)
 
 
-def _finish_with_adabn(
+def finishing_stages(method_class: type[AdaptationMethod], request: TrainRequest) -> list[str]:
+    """The post-training stages (:mod:`CardiacUDALib.stages`) a run ends with: the method's and the job's."""
+    return ["adabn"] if method_class.applies_adabn or request.adabn else []
+
+
+def _run_finishing_stages(
+    stage_names: Sequence[str],
     method: AdaptationMethod,
     run: RunFolder,
     target_pool: SlicePool | None,
@@ -446,210 +386,28 @@ def _finish_with_adabn(
     preprocess: PreprocessConfig,
     emit: EventSink,
 ) -> str:
-    """Re-estimate BatchNorm on the target for the selected checkpoint and save it as ``best.pt``."""
+    """Apply the stages to the selected checkpoint and save the result as ``best.pt``; returns what was
+    applied, said in front of the checkpoint selection."""
     if target_pool is None:
         raise InputDataError("AdaBN adapts to the target domain: give target images")
     selected = load_checkpoint(run.best)
     method.load_state_dict(selected.state, with_optimizers=False)
-    started = time.monotonic()
-    layers = adapt_batchnorm(method, target_pool.images)
-    seconds = round(time.monotonic() - started, 2)
-    emit(
-        {
-            "event": "status",
-            "message": f"AdaBN: {layers} BatchNorm layers re-estimated on {len(target_pool)} target slices",
-        }
-    )
-    summary: dict[str, Any] = {"layers": layers, "target_slices": len(target_pool), "seconds": seconds}
-    if validation:
-        summary["validation"] = validate(method, validation, label_map, method.config.context_slices)
-        emit({"event": "validation", "step": selected.step, "dice": summary["validation"], "after": "adabn"})
-    metadata = {**selected.metadata, "adabn": summary}
+    metadata = dict(selected.metadata)
+    for stage in (STAGES[name] for name in stage_names):
+        summary, message = stage.apply(method, target_pool.images)
+        emit({"event": "status", "message": message})
+        if validation:
+            summary["validation"] = validate(method, validation, label_map, method.config.context_slices)
+            emit(
+                {
+                    "event": "validation",
+                    "step": selected.step,
+                    "dice": summary["validation"],
+                    "after": stage.name,
+                }
+            )
+        metadata[stage.name] = summary
     save_checkpoint(
         _checkpoint(method, label_map, preprocess, selected.step, metadata, with_optimizers=False), run.best
     )
-    return "AdaBN on the target applied to: "
-
-
-# ---- inference ---------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict_slices(method: AdaptationMethod, slices: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """``[S, k, H, W]`` prepared slices -> ``[S, H, W]`` uint8 classes (argmax of the logits)."""
-    method.eval_mode()
-    predictions = []
-    for start in range(0, len(slices), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size])).to(method.device)
-        predictions.append(method.segment(batch).argmax(dim=1).to(torch.uint8).cpu().numpy())
-    return np.concatenate(predictions)
-
-
-def validate(
-    method: AdaptationMethod, volumes: Sequence[LoadedVolume], label_map: LabelMap, context_slices: int
-) -> dict[str, float]:
-    """Mean per-volume 3D Dice per structure (and their mean) on prepared, labelled volumes."""
-    per_structure: dict[str, list[float]] = {name: [] for name in label_map.class_names}
-    for volume in volumes:
-        predicted = predict_slices(method, volume.prepared.with_context(context_slices))
-        scores = score_volume(predicted, volume.prepared.labels, (1.0, 1.0, 1.0), label_map.class_names)
-        for name, score in scores.items():
-            per_structure[name].append(score.dice)
-    result = {name: float(np.mean(values)) for name, values in per_structure.items()}
-    result["mean"] = float(np.mean(list(result.values())))
-    return result
-
-
-def keep_largest_components(classes: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per structure, keep only its largest 3D connected component (26-connectivity)."""
-    cleaned = np.zeros_like(classes)
-    for label in range(1, num_classes):
-        components, count = ndimage.label(classes == label, structure=np.ones((3, 3, 3)))
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        cleaned[components == int(np.argmax(sizes)) + 1] = label
-    return cleaned
-
-
-class TrainedModel:
-    """A checkpoint loaded for use: segment target volumes, translate source volumes."""
-
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, path: Path) -> None:
-        method_class = get_method(checkpoint.method)
-        self.checkpoint = checkpoint
-        self.label_map = LabelMap.from_dict(checkpoint.label_map)
-        self.preprocess = PreprocessConfig.from_dict(checkpoint.preprocess)
-        self.method = method_class(
-            config_from_dict(method_class, checkpoint.method_config), self.label_map.num_classes, device
-        )
-        load_weights(self.method, checkpoint, path, with_optimizers=False)
-        self.method.eval_mode()
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "auto", expected_method: str | None = None) -> TrainedModel:
-        return cls(load_checkpoint(path, expected_method=expected_method), resolve_device(device), Path(path))
-
-    @property
-    def can_translate(self) -> bool:
-        return self.method.can_translate
-
-    def segment_image(
-        self, image: sitk.Image, largest_component: bool = True, batch_size: int = 16
-    ) -> sitk.Image:
-        """A whole volume -> a class label map (uint8, 0 = background) on the input's exact grid."""
-        prepared = prepare_volume(image, self.preprocess)
-        predicted = predict_slices(
-            self.method, prepared.with_context(self.preprocess.context_slices), batch_size
-        )
-        classes = restore_labels(prepared, predicted)
-        if largest_component:
-            array = keep_largest_components(sitk.GetArrayFromImage(classes), self.label_map.num_classes)
-            cleaned = sitk.GetImageFromArray(array)
-            cleaned.CopyInformation(classes)
-            classes = cleaned
-        return classes
-
-    @torch.no_grad()
-    def translate_image(self, image: sitk.Image, batch_size: int = 16) -> sitk.Image:
-        """A whole source volume in the target's appearance, on the source's grid (normalised intensities)."""
-        if not self.can_translate:
-            raise CardiacUDAError(
-                f"method {self.checkpoint.method!r} has no image generator: it cannot translate"
-            )
-        prepared = prepare_volume(image, self.preprocess)
-        slices = prepared.with_context(self.preprocess.context_slices)
-        self.method.eval_mode()
-        translated = [
-            self.method.translate(
-                torch.from_numpy(np.ascontiguousarray(slices[i : i + batch_size])).to(self.method.device)
-            )
-            .float()
-            .cpu()
-            .numpy()[:, 0]
-            for i in range(0, len(slices), batch_size)
-        ]
-        return restore_intensity(prepared, np.concatenate(translated))
-
-
-def _for_each_case(
-    cases: Sequence[VolumeCase],
-    out_dir: str | Path,
-    tag: str,
-    produce: Callable[[sitk.Image], sitk.Image],
-    label_map: LabelMap,
-    emit: EventSink,
-    should_stop: StopCheck,
-) -> list[Path]:
-    """Read each case's image, write ``produce(image)`` to its :func:`output_path`; a stop ends the loop early."""
-    check_unique_names(list(cases), "the volumes to process")
-    check_writable_folder(out_dir, "the output folder")
-    written = []
-    for index, case in enumerate(cases):
-        if should_stop():
-            emit({"event": "stopped", "step": index})
-            break
-        image, _ = load_case(VolumeCase(case.name, case.image), label_map)
-        written.append(write_image(produce(image), output_path(out_dir, case, tag)))
-        emit(
-            {
-                "event": "progress",
-                "step": index + 1,
-                "total": len(cases),
-                "losses": {},
-                "eta_s": None,
-                "case": case.name,
-            }
-        )
-    return written
-
-
-def segment_cases(
-    model: TrainedModel,
-    cases: Sequence[VolumeCase],
-    out_dir: str | Path,
-    emit: EventSink = ignore_event,
-    largest_component: bool = True,
-    should_stop: StopCheck = never_stop,
-) -> list[Path]:
-    """Segment every case; writes ``<case>_seg<ext>`` (the input's format) with the label map's file values.
-    Returns the paths (fewer than ``cases`` when stopped)."""
-
-    def segment(image: sitk.Image) -> sitk.Image:
-        return classes_to_values(model.segment_image(image, largest_component), model.label_map)
-
-    return _for_each_case(cases, out_dir, SEGMENTATION_TAG, segment, model.label_map, emit, should_stop)
-
-
-def translate_cases(
-    model: TrainedModel,
-    cases: Sequence[VolumeCase],
-    out_dir: str | Path,
-    emit: EventSink = ignore_event,
-    should_stop: StopCheck = never_stop,
-) -> list[Path]:
-    """Translate every case; writes ``<case>_translated<ext>`` (the input's format). Returns the paths (fewer
-    when stopped)."""
-    return _for_each_case(
-        cases, out_dir, TRANSLATION_TAG, model.translate_image, model.label_map, emit, should_stop
-    )
-
-
-# ---- evaluation --------------------------------------------------------------------------------
-
-
-def evaluate_cases(
-    predictions: Sequence[Path], references: Sequence[VolumeCase], label_map: LabelMap
-) -> EvaluationTable:
-    """Per-volume 3D Dice / ASSD / HD95 (mm) of prediction files against the cases' reference labels."""
-    if len(predictions) != len(references):
-        raise InputDataError(f"{len(predictions)} predictions for {len(references)} reference cases")
-    check_unique_names(list(references), "the reference cases")
-    table = EvaluationTable(tuple(label_map.class_names), [])
-    for prediction_path, case in zip(predictions, references):
-        if case.label is None:
-            raise InputDataError(f"case {case.name} has no reference label map to evaluate against")
-        reference_image, reference = load_case(case, label_map)
-        predicted = read_label(prediction_path, label_map, reference_image, f"prediction {prediction_path}")
-        table.add(case.name, score_images(predicted, reference, label_map.class_names))
-    return table
+    return "".join(f"{STAGES[name].title} applied to: " for name in stage_names)

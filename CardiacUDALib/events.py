@@ -1,0 +1,22 @@
+"""Progress events: the dictionaries every long operation sends out (the job protocol, DESIGN.md §2.2).
+
+The CLI, the worker and the Slicer module show the same events; this module is torch-free so that
+the processes that only read events never import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]
+StopCheck = Callable[[], bool]
+
+
+def ignore_event(event: Event) -> None:
+    """The default event sink."""
+
+
+def never_stop() -> bool:
+    return False

@@ -1,0 +1,191 @@
+"""Whole-volume inference: a checkpoint in, label maps and translated images out, on the input's grid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from CardiacUDALib.atomic import check_writable_folder
+from CardiacUDALib.cases import SEGMENTATION_TAG, TRANSLATION_TAG, VolumeCase, check_unique_names, output_path
+from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint
+from CardiacUDALib.device import resolve_device
+from CardiacUDALib.errors import CardiacUDAError, CheckpointError
+from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
+from CardiacUDALib.io import LabelMap, classes_to_values, load_case, write_image
+from CardiacUDALib.methods import AdaptationMethod, get_method
+from CardiacUDALib.methods.base import config_from_dict
+from CardiacUDALib.preprocess import PreprocessConfig, prepare_volume, restore_intensity, restore_labels
+
+
+def load_weights(
+    method: AdaptationMethod, checkpoint: Checkpoint, path: str | Path, with_optimizers: bool = True
+) -> None:
+    """Load ``checkpoint``'s weights into ``method``, refusing networks that do not fit with a clear message.
+
+    A checkpoint of another method family (``--init`` with a ``varda`` file for ``source_only``, say) or
+    of other network settings has other or differently shaped tensors: torch's KeyError or size
+    mismatch becomes a message naming the file.
+    """
+    try:
+        method.load_state_dict(checkpoint.state, with_optimizers)
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
+        if isinstance(error, KeyError):
+            detail = f"it has no {error.args[0]!r}"
+        else:
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise CheckpointError(
+            f"{path} is a {checkpoint.method} checkpoint whose weights do not fit method {method.key!r} "
+            f"with these settings ({detail}): use a checkpoint of {method.key} (or of a method that shares "
+            "its networks, such as source_only for adabn) trained with the same network settings"
+        ) from error
+
+
+@torch.no_grad()
+def predict_slices(method: AdaptationMethod, slices: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """``[S, k, H, W]`` prepared slices -> ``[S, H, W]`` uint8 classes (argmax of the logits)."""
+    method.eval_mode()
+    predictions = []
+    for start in range(0, len(slices), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size])).to(method.device)
+        predictions.append(method.segment(batch).argmax(dim=1).to(torch.uint8).cpu().numpy())
+    return np.concatenate(predictions)
+
+
+def keep_largest_components(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per structure, keep only its largest 3D connected component (26-connectivity)."""
+    cleaned = np.zeros_like(classes)
+    for label in range(1, num_classes):
+        components, count = ndimage.label(classes == label, structure=np.ones((3, 3, 3)))
+        if count == 0:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        cleaned[components == int(np.argmax(sizes)) + 1] = label
+    return cleaned
+
+
+class TrainedModel:
+    """A checkpoint loaded for use: segment target volumes, translate source volumes."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, path: Path) -> None:
+        method_class = get_method(checkpoint.method)
+        self.checkpoint = checkpoint
+        self.label_map = LabelMap.from_dict(checkpoint.label_map)
+        self.preprocess = PreprocessConfig.from_dict(checkpoint.preprocess)
+        self.method = method_class(
+            config_from_dict(method_class, checkpoint.method_config), self.label_map.num_classes, device
+        )
+        load_weights(self.method, checkpoint, path, with_optimizers=False)
+        self.method.eval_mode()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", expected_method: str | None = None) -> TrainedModel:
+        return cls(load_checkpoint(path, expected_method=expected_method), resolve_device(device), Path(path))
+
+    @property
+    def can_translate(self) -> bool:
+        return self.method.can_translate
+
+    def segment_image(
+        self, image: sitk.Image, largest_component: bool = True, batch_size: int = 16
+    ) -> sitk.Image:
+        """A whole volume -> a class label map (uint8, 0 = background) on the input's exact grid."""
+        prepared = prepare_volume(image, self.preprocess)
+        predicted = predict_slices(
+            self.method, prepared.with_context(self.preprocess.context_slices), batch_size
+        )
+        classes = restore_labels(prepared, predicted)
+        if largest_component:
+            array = keep_largest_components(sitk.GetArrayFromImage(classes), self.label_map.num_classes)
+            cleaned = sitk.GetImageFromArray(array)
+            cleaned.CopyInformation(classes)
+            classes = cleaned
+        return classes
+
+    @torch.no_grad()
+    def translate_image(self, image: sitk.Image, batch_size: int = 16) -> sitk.Image:
+        """A whole source volume in the target's appearance, on the source's grid (normalised intensities)."""
+        if not self.can_translate:
+            raise CardiacUDAError(
+                f"method {self.checkpoint.method!r} has no image generator: it cannot translate"
+            )
+        prepared = prepare_volume(image, self.preprocess)
+        slices = prepared.with_context(self.preprocess.context_slices)
+        self.method.eval_mode()
+        translated = [
+            self.method.translate(
+                torch.from_numpy(np.ascontiguousarray(slices[i : i + batch_size])).to(self.method.device)
+            )
+            .float()
+            .cpu()
+            .numpy()[:, 0]
+            for i in range(0, len(slices), batch_size)
+        ]
+        return restore_intensity(prepared, np.concatenate(translated))
+
+
+def _for_each_case(
+    cases: Sequence[VolumeCase],
+    out_dir: str | Path,
+    tag: str,
+    produce: Callable[[sitk.Image], sitk.Image],
+    label_map: LabelMap,
+    emit: EventSink,
+    should_stop: StopCheck,
+) -> list[Path]:
+    """Read each case's image, write ``produce(image)`` to its :func:`output_path`; a stop ends the loop early."""
+    check_unique_names(list(cases), "the volumes to process")
+    check_writable_folder(out_dir, "the output folder")
+    written = []
+    for index, case in enumerate(cases):
+        if should_stop():
+            emit({"event": "stopped", "step": index})
+            break
+        image, _ = load_case(VolumeCase(case.name, case.image), label_map)
+        written.append(write_image(produce(image), output_path(out_dir, case, tag)))
+        emit(
+            {
+                "event": "progress",
+                "step": index + 1,
+                "total": len(cases),
+                "losses": {},
+                "eta_s": None,
+                "case": case.name,
+            }
+        )
+    return written
+
+
+def segment_cases(
+    model: TrainedModel,
+    cases: Sequence[VolumeCase],
+    out_dir: str | Path,
+    emit: EventSink = ignore_event,
+    largest_component: bool = True,
+    should_stop: StopCheck = never_stop,
+) -> list[Path]:
+    """Segment every case; writes ``<case>_seg<ext>`` (the input's format) with the label map's file values.
+    Returns the paths (fewer than ``cases`` when stopped)."""
+
+    def segment(image: sitk.Image) -> sitk.Image:
+        return classes_to_values(model.segment_image(image, largest_component), model.label_map)
+
+    return _for_each_case(cases, out_dir, SEGMENTATION_TAG, segment, model.label_map, emit, should_stop)
+
+
+def translate_cases(
+    model: TrainedModel,
+    cases: Sequence[VolumeCase],
+    out_dir: str | Path,
+    emit: EventSink = ignore_event,
+    should_stop: StopCheck = never_stop,
+) -> list[Path]:
+    """Translate every case; writes ``<case>_translated<ext>`` (the input's format). Returns the paths (fewer
+    when stopped)."""
+    return _for_each_case(
+        cases, out_dir, TRANSLATION_TAG, model.translate_image, model.label_map, emit, should_stop
+    )
