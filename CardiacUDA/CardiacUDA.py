@@ -376,7 +376,9 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def onStartRun(self, modeName: str) -> None:
-        from CardiacUDASlicerLib.adaptation import AdaptationSettings, RunMode
+        from CardiacUDASlicerLib.adaptation import WORK_DIR, RunMode
+
+        from CardiacUDALib.jobs import TrainJob
 
         with slicer.util.tryWithErrorDisplay(_("CardiacUDA could not start."), waitCursor=True):
             self.logic.ensureDependencies(self.confirmInstall)
@@ -384,18 +386,17 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.fillMethodComboBox()
                 self.onMethodChanged()
             node = self._parameterNode
-            settings = AdaptationSettings(
-                method=node.method,
-                preset=node.preset,
-                iterations=node.iterations or None,
-                device=self.currentDevice(),
-                weights=self.currentCheckpointPath(),
-            )
             mode = RunMode(modeName)
-            if mode is RunMode.ADAPT:
-                settings.method = self.logic.adaptInstantlyMethod
+            job = TrainJob(
+                method=self.logic.adaptInstantlyMethod if mode is RunMode.ADAPT else node.method,
+                out_dir=WORK_DIR,
+                preset=node.preset,
+                overrides={"iterations": node.iterations} if node.iterations else {},
+                device=self.currentDevice(),
+                initial_checkpoint=self.currentCheckpointPath(),
+            )
             inputs = self.currentInputs()
-            self.startExecution(self.logic.startRun(inputs, settings, mode), inputs.target_volumes)
+            self.startExecution(self.logic.startRun(inputs, job, mode), inputs.target_volumes)
 
     def onResumeRun(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(
@@ -507,17 +508,19 @@ class CardiacUDALogic(ScriptedLoadableModuleLogic):
             confirm = None
         ensure_dependencies(confirm)
 
-    def startRun(self, inputs: Any, settings: Any, mode: Any) -> Any:
-        """Write the run's inputs and start its worker; returns the RunExecution (poll it, or ``wait()``)."""
+    def startRun(self, inputs: Any, job: Any, mode: Any) -> Any:
+        """Write the run's inputs and start its worker; returns the RunExecution (poll it, or ``wait()``).
+
+        ``job`` is the TrainJob the user set up (see ``adaptation.prepare_run``)."""
         from CardiacUDASlicerLib.adaptation import prepare_run
         from CardiacUDASlicerLib.cache import new_run_folder
         from CardiacUDASlicerLib.execution import RunExecution
 
         run = prepare_run(
             inputs,
-            settings,
+            job,
             mode,
-            new_run_folder(self.cacheFolder(), settings.method),
+            new_run_folder(self.cacheFolder(), job.method),
             slicer.modules.segmentations.logic(),
         )
         execution = RunExecution(run)
@@ -540,11 +543,11 @@ class CardiacUDALogic(ScriptedLoadableModuleLogic):
             run, slicer.mrmlScene, slicer.modules.segmentations.logic(), target_nodes_by_case(run, targets)
         )
 
-    def process(self, inputs: Any, settings: Any, mode: Any) -> Any:
+    def process(self, inputs: Any, job: Any, mode: Any) -> Any:
         """Blocking run (scripts, tests): returns the imported results, raises with the worker's message."""
         from CardiacUDALib.errors import CardiacUDAError
 
-        execution = self.startRun(inputs, settings, mode)
+        execution = self.startRun(inputs, job, mode)
         outcome = execution.wait(lambda event: logging.info(f"CardiacUDA: {event}"))
         if outcome.error is not None or outcome.stopped:
             raise CardiacUDAError(outcome.error or "the run was stopped")
@@ -581,11 +584,13 @@ class CardiacUDATest(ScriptedLoadableModuleTest):
         if unmet_requirements(["torch>=2.1"]):
             self.delayDisplay("PyTorch is not installed: the adaptation test is skipped")
             return
-        from CardiacUDASlicerLib.adaptation import AdaptationInputs, AdaptationSettings, RunMode
+        from CardiacUDASlicerLib.adaptation import WORK_DIR, AdaptationInputs, RunMode
         from CardiacUDASlicerLib.segmentations import load_segmentation_file
         from CardiacUDASlicerLib.volumes import load_volume_file
 
+        from CardiacUDALib.jobs import TrainJob
         from CardiacUDALib.phantom import write_phantom_dataset
+        from CardiacUDALib.preprocess import PreprocessConfig
 
         self.delayDisplay("Writing a phantom")
         phantom = write_phantom_dataset(Path(tempfile.mkdtemp()), subjects=1, seed=0, size=64)
@@ -593,9 +598,15 @@ class CardiacUDATest(ScriptedLoadableModuleTest):
         target = load_volume_file(slicer.mrmlScene, phantom.target[0].image, "phantom target")
         labels = load_segmentation_file(phantom.source[0].label, source, slicer.modules.segmentations.logic())
         inputs = AdaptationInputs(source, labels, [target])
-        settings = AdaptationSettings("source_only", preset="fast", iterations=20, preprocess={"size": 64})
+        job = TrainJob(
+            "source_only",
+            WORK_DIR,
+            preset="fast",
+            overrides={"iterations": 20},
+            preprocess=PreprocessConfig(size=64),
+        )
         self.delayDisplay("Training (fast preset)")
-        imported = CardiacUDALogic().process(inputs, settings, RunMode.TRAIN)
+        imported = CardiacUDALogic().process(inputs, job, RunMode.TRAIN)
         segmentation = imported.segmentations["phantom_target"].GetSegmentation()
         self.assertEqual([segmentation.GetNthSegmentID(i) for i in range(3)], ["MYO", "LV", "RV"])
         self.assertEqual(segmentation.GetSegment("LV").GetName(), "Left ventricle")

@@ -10,27 +10,26 @@ are the target training images, transductively, as in VarDA.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from CardiacUDALib.atomic import write_json_atomic, write_text_atomic
-from CardiacUDALib.benchmark import (
-    DataSplit,
-    MethodRun,
-    TrainingSettings,
+from CardiacUDALib.benchmark.report import (
     figures_markdown,
     results_markdown,
-    run_method,
     timing_markdown,
-    without_labels,
     write_overlays,
     write_translation_grid,
 )
+from CardiacUDALib.benchmark.runs import MethodRun, run_method
+from CardiacUDALib.benchmark.splits import DataSplit, without_labels
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.io import LABEL_MAPS
+from CardiacUDALib.jobs import TrainJob
 from CardiacUDALib.methods import get_method
 from CardiacUDALib.phantom import PhantomDataset, write_phantom_dataset
 from CardiacUDALib.preprocess import PreprocessConfig
@@ -114,13 +113,24 @@ def run_demo(
     )
     split = phantom_split(write_phantom_dataset(out / "phantom", subjects, seed, PHANTOM_SIZE))
     label_map = LABEL_MAPS["mscmrseg"]
-    settings = TrainingSettings(
-        label_map, PreprocessConfig(size=PHANTOM_SIZE), preset, dict(overrides or {}), device, seed
+    baseline_job = TrainJob(
+        BASELINE,
+        out / "runs" / BASELINE,
+        source=split.source,
+        target=split.target,
+        validation=split.validation,
+        label_map=label_map,
+        preprocess=PreprocessConfig(size=PHANTOM_SIZE),
+        preset=preset,
+        overrides=dict(overrides or {}),
+        device=device,
+        seed=seed,
     )
     runs: list[MethodRun] = []
     for key in keys:
         emit({"event": "status", "message": f"training {key}"})
-        runs.append(run_method(key, split, out / "runs" / key, settings, emit, should_stop))
+        job = dataclasses.replace(baseline_job, method=key, out_dir=out / "runs" / key)
+        runs.append(run_method(job, split.test_sets, emit, should_stop))
     overlays = write_overlays(runs, TEST_SET, split.test_sets[TEST_SET], label_map, out / "overlays")
     translation_grids = []
     for run in runs:

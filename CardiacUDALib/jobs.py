@@ -1,141 +1,155 @@
-"""Jobs: the JSON description of one unit of work, run the same way by the CLI, the worker and Slicer.
+"""Jobs: one typed description per kind of work, the only thing that carries settings (DESIGN.md §2.2).
 
-A job is a dictionary with a ``task`` and its inputs (DESIGN.md §2.2):
+The panel, the batch script, the CLI, the benchmark and the demo build these objects; the worker reads
+them from a JSON file with :func:`parse_job`; :func:`CardiacUDALib.engine.run_job` runs them. In JSON a
+job is an object with a ``task`` (``train``, ``segment``, ``translate``, ``evaluate``) and the fields
+of its class below: paths as strings, cases as ``{"name", "image", "label"}`` objects
+(:meth:`VolumeCase.to_dict`), a label map as an object or a name (``"mscmrseg"``).
 
-* ``train``: the fields of :class:`~CardiacUDALib.training.TrainRequest`, plus optional
-  ``segment`` (cases to segment with the selected checkpoint afterwards) and ``translate`` (cases to
-  translate, for methods with a generator);
-* ``segment``: ``checkpoint``, ``cases`` (``[{"name", "image"}]``), ``out_dir``, optional ``device``,
-  ``largest_component``;
-* ``translate``: ``checkpoint``, ``cases``, ``out_dir``, optional ``device``;
-* ``evaluate``: ``predictions`` (paths), ``references`` (cases with labels), ``label_map``, ``out_dir``.
-
-:func:`run_job` returns the ``result`` dictionary (output paths) and reports progress through events.
+Torch-free: the Slicer process writes jobs without importing torch (a test checks it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from CardiacUDALib.atomic import check_writable_folder
-from CardiacUDALib.cases import cases_from_dicts
+from CardiacUDALib.cases import VolumeCase, cases_from_dicts
 from CardiacUDALib.errors import InputDataError
-from CardiacUDALib.evaluation import evaluate_cases
-from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
-from CardiacUDALib.inference import TrainedModel, segment_cases, translate_cases
 from CardiacUDALib.io import LabelMap, parse_label_map
-from CardiacUDALib.training import TrainRequest, train
-from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field
+from CardiacUDALib.preprocess import PreprocessConfig
+from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field, field_types
 
-TASKS = ("train", "segment", "translate", "evaluate")
-_FIELDS = {
-    "segment": {"task", "checkpoint", "cases", "out_dir", "device", "largest_component"},
-    "translate": {"task", "checkpoint", "cases", "out_dir", "device"},
-    "evaluate": {"task", "predictions", "references", "label_map", "out_dir"},
+TASK_KEY = "task"
+
+
+class _JobFields:
+    """What every job type shares: its JSON object."""
+
+    task: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job's JSON object (``task`` first), which :func:`parse_job` reads back to an equal job."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return {TASK_KEY: self.task, **{item.name: _to_json(getattr(self, item.name)) for item in fields}}
+
+
+@dataclass
+class TrainJob(_JobFields):
+    """Train ``method`` (resuming ``out_dir`` if it holds a run), then segment / translate with its model."""
+
+    task: ClassVar[str] = "train"
+    method: str
+    out_dir: Path
+    source: list[VolumeCase] = field(default_factory=list)
+    target: list[VolumeCase] = field(default_factory=list)
+    validation: list[VolumeCase] = field(default_factory=list)  # labelled: checkpoint selection
+    label_map: LabelMap | None = None  # None: the starting checkpoint's
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    preset: str = "paper"
+    overrides: dict[str, Any] = field(default_factory=dict)  # method settings, as the CLI's --set
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = True
+    initial_checkpoint: Path | None = None  # start from these weights (a trained source model, say)
+    stages: list[str] = field(default_factory=list)  # post-training stages beyond the method's own
+    segment: list[VolumeCase] = field(default_factory=list)  # segmented with the selected checkpoint
+    translate: list[VolumeCase] = field(default_factory=list)  # translated, by methods with a generator
+
+
+@dataclass
+class SegmentJob(_JobFields):
+    """Segment ``cases`` with a trained checkpoint into ``out_dir/<case>_seg<ext>``."""
+
+    task: ClassVar[str] = "segment"
+    checkpoint: Path
+    cases: list[VolumeCase]
+    out_dir: Path
+    device: str = "auto"
+    largest_component: bool = True
+
+
+@dataclass
+class TranslateJob(_JobFields):
+    """Translate ``cases`` with a trained checkpoint's generator into ``out_dir/<case>_translated<ext>``."""
+
+    task: ClassVar[str] = "translate"
+    checkpoint: Path
+    cases: list[VolumeCase]
+    out_dir: Path
+    device: str = "auto"
+
+
+@dataclass
+class EvaluateJob(_JobFields):
+    """Score ``predictions`` against the labels of ``references`` (same order) into ``out_dir``."""
+
+    task: ClassVar[str] = "evaluate"
+    predictions: list[Path]
+    references: list[VolumeCase]
+    label_map: LabelMap
+    out_dir: Path
+
+
+Job = TrainJob | SegmentJob | TranslateJob | EvaluateJob
+JOB_TYPES: dict[str, type[Job]] = {
+    kind.task: kind for kind in (TrainJob, SegmentJob, TranslateJob, EvaluateJob)
 }
-_TRAIN_EXTRAS = ("segment", "translate")  # the train job's fields beyond those of TrainRequest
 
 
-def label_map_from_json(value: Any) -> LabelMap:
+def label_map_from_json(value: dict[str, Any] | str) -> LabelMap:
+    return LabelMap.from_dict(value) if isinstance(value, dict) else parse_label_map(value)
+
+
+# How each field type is written to JSON: (the JSON form's annotation, JSON -> value given what it is).
+_JSON_FORMS: dict[Any, tuple[Any, Any]] = {
+    Path: (str, lambda value, what: Path(value)),
+    Path | None: (str | None, lambda value, what: None if value is None else Path(value)),
+    list[Path]: (list[str], lambda value, what: [Path(item) for item in value]),
+    list[VolumeCase]: (list, cases_from_dicts),
+    LabelMap: (dict | str, lambda value, what: label_map_from_json(value)),
+    LabelMap | None: (
+        dict | str | None,
+        lambda value, what: None if value is None else label_map_from_json(value),
+    ),
+    PreprocessConfig: (dict, lambda value, what: PreprocessConfig.from_dict(value)),
+}
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (VolumeCase, LabelMap, PreprocessConfig)):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_to_json(item) for item in value]
     if isinstance(value, dict):
-        return LabelMap.from_dict(value)
-    if isinstance(value, str):
-        return parse_label_map(value)
-    raise InputDataError(
-        "'label_map' must be a name ('mscmrseg', 'mmwhs'), a spec '200:MYO,...' or an object"
-    )
+        return dict(value)
+    return value
 
 
-def _field(job: dict[str, Any], key: str, annotation: Any, default: Any = REQUIRED) -> Any:
-    return checked_field(job, key, annotation, f"the {job['task']} job", default)
-
-
-def _run_train(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    fields = {key: value for key, value in job.items() if key not in ("task", *_TRAIN_EXTRAS)}
-    if isinstance(fields.get("label_map"), str):
-        fields["label_map"] = parse_label_map(fields["label_map"]).to_dict()
-    request = TrainRequest.from_dict(fields)
-    to_segment = cases_from_dicts(job.get("segment", []), "the train job's 'segment'")
-    to_translate = cases_from_dicts(job.get("translate", []), "the train job's 'translate'")
-    outcome = train(request, emit, should_stop)
-    result: dict[str, Any] = {
-        "best_checkpoint": str(outcome.best_checkpoint),
-        "last_checkpoint": str(outcome.last_checkpoint),
-        "steps": outcome.steps_done,
-        "stopped": outcome.stopped,
-        "selection": outcome.selection,
-    }
-    if outcome.stopped:
-        return result
-    model = TrainedModel.load(outcome.best_checkpoint, request.device)
-    if to_segment:
-        emit({"event": "status", "message": f"segmenting {len(to_segment)} volume(s)"})
-        paths = segment_cases(
-            model, to_segment, request.out_dir / "segmentations", emit, should_stop=should_stop
-        )
-        result["segmentations"] = [str(p) for p in paths]
-        result["stopped"] = len(paths) < len(to_segment)
-    if to_translate and model.can_translate and not result["stopped"]:
-        emit({"event": "status", "message": f"translating {len(to_translate)} volume(s)"})
-        paths = translate_cases(model, to_translate, request.out_dir / "translations", emit, should_stop)
-        result["translations"] = [str(p) for p in paths]
-        result["stopped"] = len(paths) < len(to_translate)
-    return result
-
-
-def _run_segment(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    check_known_fields(job, _FIELDS["segment"], "the segment job")
-    cases = cases_from_dicts(_field(job, "cases", list), "the segment job's 'cases'")
-    out_dir = _field(job, "out_dir", str)
-    largest_component = _field(job, "largest_component", bool, True)
-    model = TrainedModel.load(_field(job, "checkpoint", str), _field(job, "device", str, "auto"))
-    paths = segment_cases(model, cases, out_dir, emit, largest_component, should_stop)
-    return {
-        "segmentations": [str(p) for p in paths],
-        "label_map": model.label_map.to_dict(),
-        "stopped": len(paths) < len(cases),
-    }
-
-
-def _run_translate(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    check_known_fields(job, _FIELDS["translate"], "the translate job")
-    cases = cases_from_dicts(_field(job, "cases", list), "the translate job's 'cases'")
-    out_dir = _field(job, "out_dir", str)
-    model = TrainedModel.load(_field(job, "checkpoint", str), _field(job, "device", str, "auto"))
-    paths = translate_cases(model, cases, out_dir, emit, should_stop)
-    return {"translations": [str(p) for p in paths], "stopped": len(paths) < len(cases)}
-
-
-def _run_evaluate(job: dict[str, Any], emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    check_known_fields(job, _FIELDS["evaluate"], "the evaluate job")
-    label_map = label_map_from_json(_field(job, "label_map", dict | str))
-    references = cases_from_dicts(_field(job, "references", list), "the evaluate job's 'references'")
-    predictions = [Path(p) for p in _field(job, "predictions", list[str])]
-    out_dir = check_writable_folder(_field(job, "out_dir", str), "the output folder")
-    table = evaluate_cases(predictions, references, label_map)
-    return {
-        "csv": str(table.write_csv(out_dir / "metrics.csv")),
-        "json": str(table.write_json(out_dir / "metrics.json")),
-        "summary": table.summary(),
-    }
-
-
-_RUNNERS = {
-    "train": _run_train,
-    "segment": _run_segment,
-    "translate": _run_translate,
-    "evaluate": _run_evaluate,
-}
-
-
-def run_job(job: Any, emit: EventSink = ignore_event, should_stop: StopCheck = never_stop) -> dict[str, Any]:
-    """Run one job; raises :class:`~CardiacUDALib.errors.CardiacUDAError` with a user-facing message on bad input."""
-    if not isinstance(job, dict):
+def parse_job(data: Any) -> Job:
+    """The job a JSON object describes; unknown tasks and unknown, missing or mistyped fields are refused by name."""
+    if not isinstance(data, dict):
         raise InputDataError(
-            f"a job must be a JSON object with a 'task', not {type(job).__name__} {job!r:.80}"
+            f"a job must be a JSON object with a {TASK_KEY!r}, not {type(data).__name__} {data!r:.80}"
         )
-    task = job.get("task")
-    if task not in _RUNNERS:
-        raise InputDataError(f"unknown job task {task!r}; one of {', '.join(TASKS)}")
-    return _RUNNERS[task](job, emit, should_stop)
+    kind = JOB_TYPES.get(data.get(TASK_KEY))
+    if kind is None:
+        raise InputDataError(f"unknown job task {data.get(TASK_KEY)!r}; one of {', '.join(JOB_TYPES)}")
+    what = f"the {kind.task} job"
+    types = field_types(kind)
+    check_known_fields(data, {TASK_KEY, *types}, what)
+    values = {}
+    for item in dataclasses.fields(kind):
+        default = REQUIRED
+        if item.default is not dataclasses.MISSING:
+            default = _to_json(item.default)
+        elif item.default_factory is not dataclasses.MISSING:
+            default = _to_json(item.default_factory())
+        json_form, convert = _JSON_FORMS.get(types[item.name], (types[item.name], None))
+        value = checked_field(data, item.name, json_form, what, default)
+        values[item.name] = value if convert is None else convert(value, f"{what}'s {item.name!r}")
+    return kind(**values)

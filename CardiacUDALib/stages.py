@@ -1,7 +1,7 @@
 """Post-training stages: steps that change a trained model's state without gradient training.
 
-The training engine runs them on the selected checkpoint after training, when the method asks for one
-(``applies_adabn``) or the job does (``adabn``), and saves the result as ``best.pt``; the stage's
+The training engine runs them on the selected checkpoint after training, when the method names it
+(``finishing_stages``) or the job does (``stages``), and saves the result as ``best.pt``; the stage's
 summary goes into the checkpoint's metadata under the stage's name. The engine knows stages, not
 methods.
 

@@ -4,7 +4,7 @@
 set every ``validate_every`` steps, keeps the best checkpoint by mean foreground Dice **on that set
 only** (never on test labels), writes ``last.pt`` every ``checkpoint_every`` steps, stops cleanly
 when asked, and resumes from ``last.pt``; then it runs the post-training stages the method or the
-request asks for (:mod:`CardiacUDALib.stages`) on the selected checkpoint. Progress goes out as
+job asks for (:mod:`CardiacUDALib.stages`) on the selected checkpoint. Progress goes out as
 events (:mod:`CardiacUDALib.events`), so the CLI, the worker and the Slicer module show the same
 thing. The engine knows methods only through the registry and :class:`AdaptationMethod`.
 """
@@ -15,7 +15,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ import torch
 
 from CardiacUDALib import __version__
 from CardiacUDALib.atomic import check_writable_folder, write_json_atomic
-from CardiacUDALib.cases import VolumeCase, cases_from_dicts
 from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from CardiacUDALib.data import LoadedVolume, SlicePool, load_volumes, step_generator
 from CardiacUDALib.device import resolve_device
@@ -34,81 +33,12 @@ from CardiacUDALib.evaluation import validate
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.inference import load_weights
 from CardiacUDALib.io import LabelMap
+from CardiacUDALib.jobs import TrainJob
 from CardiacUDALib.methods import AdaptationMethod, build_config, get_method
 from CardiacUDALib.methods.base import MethodConfig, checked_setting, config_from_dict
 from CardiacUDALib.preprocess import PreprocessConfig
 from CardiacUDALib.runfolder import RunFolder
 from CardiacUDALib.stages import STAGES
-from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field
-
-
-@dataclass
-class TrainRequest:
-    """Everything one training run needs; JSON-able through :meth:`to_dict` (the worker's job file)."""
-
-    method: str
-    out_dir: Path
-    source: list[VolumeCase]
-    target: list[VolumeCase] = field(default_factory=list)
-    validation: list[VolumeCase] = field(default_factory=list)
-    label_map: LabelMap | None = None
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    preset: str = "paper"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = True
-    initial_checkpoint: Path | None = None  # start from these weights (a trained source model, for instance)
-    adabn: bool = False  # finish with the adabn stage: BatchNorm statistics re-estimated on the target
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "out_dir": str(self.out_dir),
-            "source": [case.to_dict() for case in self.source],
-            "target": [case.to_dict() for case in self.target],
-            "validation": [case.to_dict() for case in self.validation],
-            "label_map": None if self.label_map is None else self.label_map.to_dict(),
-            "preprocess": self.preprocess.to_dict(),
-            "preset": self.preset,
-            "overrides": dict(self.overrides),
-            "device": self.device,
-            "seed": self.seed,
-            "resume": self.resume,
-            "initial_checkpoint": None if self.initial_checkpoint is None else str(self.initial_checkpoint),
-            "adabn": self.adabn,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainRequest:
-        """The request a train job describes; unknown, missing or mistyped fields are refused by name."""
-        what = "the train job"
-        check_known_fields(data, {item.name for item in dataclasses.fields(cls)}, what)
-
-        def value(name: str, annotation: Any, default: Any = REQUIRED) -> Any:
-            return checked_field(data, name, annotation, what, default)
-
-        def cases(name: str, default: Any = REQUIRED) -> list[VolumeCase]:
-            return cases_from_dicts(value(name, list, default), f"{what}'s {name!r}")
-
-        label_map = value("label_map", dict | None, None)
-        initial_checkpoint = value("initial_checkpoint", str | None, None)
-        return cls(
-            method=value("method", str),
-            out_dir=Path(value("out_dir", str)),
-            source=cases("source"),
-            target=cases("target", []),
-            validation=cases("validation", []),
-            label_map=None if label_map is None else LabelMap.from_dict(label_map),
-            preprocess=PreprocessConfig.from_dict(value("preprocess", dict, {})),
-            preset=value("preset", str, "paper"),
-            overrides=value("overrides", dict, {}),
-            device=value("device", str, "auto"),
-            seed=value("seed", int, 0),
-            resume=value("resume", bool, True),
-            initial_checkpoint=None if initial_checkpoint is None else Path(initial_checkpoint),
-            adabn=value("adabn", bool, False),
-        )
 
 
 @dataclass
@@ -122,29 +52,29 @@ class TrainOutcome:
 
 
 def _method_and_preprocess(
-    request: TrainRequest, resumed: Checkpoint | None, initial: Checkpoint | None
+    job: TrainJob, resumed: Checkpoint | None, initial: Checkpoint | None
 ) -> tuple[type[AdaptationMethod], MethodConfig, PreprocessConfig]:
     """The run's method config and preprocessing.
 
     A resumed run keeps its saved config (only ``iterations`` may be raised, to extend it). A run that
     starts from another checkpoint whose method shares this method's config class (``adabn`` from a
     ``source_only`` model, say) inherits that checkpoint's architecture and preprocessing, so the
-    weights fit; the request's overrides still apply on top.
+    weights fit; the job's overrides still apply on top.
     """
-    method_class = get_method(request.method)
+    method_class = get_method(job.method)
     if resumed is not None:
         config = config_from_dict(method_class, resumed.method_config)
-        if "iterations" in request.overrides:  # a user may extend a finished run
+        if "iterations" in job.overrides:  # a user may extend a finished run
             config.iterations = checked_setting(
-                method_class.config_class, "iterations", request.overrides["iterations"]
+                method_class.config_class, "iterations", job.overrides["iterations"]
             )
         return method_class, config, PreprocessConfig.from_dict(resumed.preprocess)
     if initial is not None and get_method(initial.method).config_class is method_class.config_class:
-        inherited = {**initial.method_config, **request.overrides}
-        config = build_config(method_class, request.preset, **inherited)
+        inherited = {**initial.method_config, **job.overrides}
+        config = build_config(method_class, job.preset, **inherited)
         return method_class, config, PreprocessConfig.from_dict(initial.preprocess)
-    config = build_config(method_class, request.preset, **request.overrides)
-    return method_class, config, preprocess_for(config, request.preprocess)
+    config = build_config(method_class, job.preset, **job.overrides)
+    return method_class, config, preprocess_for(config, job.preprocess)
 
 
 def preprocess_for(config: MethodConfig, preprocess: PreprocessConfig) -> PreprocessConfig:
@@ -156,28 +86,28 @@ def preprocess_for(config: MethodConfig, preprocess: PreprocessConfig) -> Prepro
     )
 
 
-def _check_request(
-    request: TrainRequest,
+def _check_inputs(
+    job: TrainJob,
     method_class: type[AdaptationMethod],
     initial: Checkpoint | None,
     needs_source: bool,
 ) -> LabelMap:
-    """The run's label map (the request's, else the starting checkpoint's) after checking the inputs."""
-    label_map = request.label_map
+    """The run's label map (the job's, else the starting checkpoint's) after checking the inputs."""
+    label_map = job.label_map
     if initial is not None:
         trained_for = LabelMap.from_dict(initial.label_map)
         if label_map is None:
             label_map = trained_for
         elif label_map.values != trained_for.values:
             raise InputDataError(
-                f"{request.initial_checkpoint} was trained for {', '.join(trained_for.class_names)} "
+                f"{job.initial_checkpoint} was trained for {', '.join(trained_for.class_names)} "
                 f"(label values {list(trained_for.values)}); this run's label map has {list(label_map.values)}"
             )
     if label_map is None:
         raise InputDataError("no label map was given (e.g. 'mscmrseg', 'mmwhs' or '200:MYO,500:LV,600:RV')")
-    if needs_source and not request.source:
+    if needs_source and not job.source:
         raise InputDataError("no labelled source volume was given")
-    if (method_class.uses_target or request.adabn) and not request.target:
+    if (method_class.uses_target or job.stages) and not job.target:
         raise InputDataError(f"method {method_class.key!r} adapts to the target domain: give target images")
     return label_map
 
@@ -227,49 +157,45 @@ def _run_train_step(
     return losses
 
 
-def train(
-    request: TrainRequest, emit: EventSink = ignore_event, should_stop: StopCheck = never_stop
-) -> TrainOutcome:
-    """Train ``request.method``; resumable, cancellable, with validation-based checkpoint selection."""
-    run = RunFolder(check_writable_folder(request.out_dir, "the run folder"))
+def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck = never_stop) -> TrainOutcome:
+    """Train ``job.method``; resumable, cancellable, with validation-based checkpoint selection."""
+    run = RunFolder(check_writable_folder(job.out_dir, "the run folder"))
     resumed = (
-        load_checkpoint(run.last, expected_method=request.method)
-        if request.resume and run.last.exists()
-        else None
+        load_checkpoint(run.last, expected_method=job.method) if job.resume and run.last.exists() else None
     )
-    initial = None if request.initial_checkpoint is None else load_checkpoint(request.initial_checkpoint)
-    method_class, config, preprocess = _method_and_preprocess(request, resumed, initial)
+    initial = None if job.initial_checkpoint is None else load_checkpoint(job.initial_checkpoint)
+    method_class, config, preprocess = _method_and_preprocess(job, resumed, initial)
     needs_source = config.iterations > (resumed.step if resumed is not None else 0)
-    label_map = _check_request(request, method_class, initial, needs_source)
-    stage_names = finishing_stages(method_class, request)
+    label_map = _check_inputs(job, method_class, initial, needs_source)
+    stage_names = finishing_stages(method_class, job)
     if config.iterations == 0 and initial is None and resumed is None:
         raise CardiacUDAError(
             "iterations=0 means 'no training': give a trained checkpoint to start from (--init FILE)"
         )
-    device = resolve_device(request.device)
-    torch.manual_seed(request.seed)
+    device = resolve_device(job.device)
+    torch.manual_seed(job.seed)
     # The networks and their starting weights first: a checkpoint that does not fit is refused before
     # minutes of reading volumes.
     method = method_class(config, label_map.num_classes, device)
     if resumed is not None:
         load_weights(method, resumed, run.last)
     elif initial is not None:
-        load_weights(method, initial, request.initial_checkpoint, with_optimizers=False)
+        load_weights(method, initial, job.initial_checkpoint, with_optimizers=False)
 
     def loaded(done: int, total: int, name: str) -> None:
         emit({"event": "status", "message": f"loaded {name} ({done}/{total})"})
 
     source_pool = (
-        SlicePool(load_volumes(request.source, label_map, preprocess, True, loaded), config.context_slices)
+        SlicePool(load_volumes(job.source, label_map, preprocess, True, loaded), config.context_slices)
         if needs_source
         else None
     )
     target_pool = (
-        SlicePool(load_volumes(request.target, label_map, preprocess, False, loaded), config.context_slices)
-        if (method_class.uses_target or stage_names) and request.target
+        SlicePool(load_volumes(job.target, label_map, preprocess, False, loaded), config.context_slices)
+        if (method_class.uses_target or stage_names) and job.target
         else None
     )
-    validation = load_volumes(request.validation, label_map, preprocess, True, loaded)
+    validation = load_volumes(job.validation, label_map, preprocess, True, loaded)
     # Only now that every input has been read: a job that fails on its inputs leaves no run folder.
     # From here the folder exists, so that a stop file can be put into it before the first checkpoint.
     run.root.mkdir(parents=True, exist_ok=True)
@@ -283,14 +209,14 @@ def train(
         best_score = float(resumed.metadata.get("best_score", -math.inf))
         emit({"event": "status", "message": f"resumed from {run.last} at step {step}"})
     elif initial is not None:
-        emit({"event": "status", "message": f"initialised from {request.initial_checkpoint}"})
+        emit({"event": "status", "message": f"initialised from {job.initial_checkpoint}"})
 
     def metadata() -> dict[str, Any]:
         return {
             "history": history,
             "best_score": best_score,
-            "seed": request.seed,
-            "request": request.to_dict(),
+            "seed": job.seed,
+            "job": job.to_dict(),
         }
 
     def save_last() -> None:
@@ -310,8 +236,8 @@ def train(
             return TrainOutcome(run.best, run.last, step, True, history, "stopped before the end")
         method.train_mode()
         method.apply_learning_rate(step)
-        torch.manual_seed(request.seed * 1_000_003 + step)
-        rng = step_generator(request.seed, step)
+        torch.manual_seed(job.seed * 1_000_003 + step)
+        rng = step_generator(job.seed, step)
         source_batch = source_pool.sample(rng, config.batch_size, config.augment).to(device)
         target_batch = (
             None
@@ -356,7 +282,7 @@ def train(
             _checkpoint(method, label_map, preprocess, step, metadata(), with_optimizers=False), run.best
         )
         selection = (
-            f"no training: the weights of {request.initial_checkpoint}"
+            f"no training: the weights of {job.initial_checkpoint}"
             if step == 0 and initial is not None
             else f"no validation during training: the last weights (step {step})"
         )
@@ -371,9 +297,13 @@ def train(
     return TrainOutcome(run.best, run.last, step, False, history, selection)
 
 
-def finishing_stages(method_class: type[AdaptationMethod], request: TrainRequest) -> list[str]:
+def finishing_stages(method_class: type[AdaptationMethod], job: TrainJob) -> list[str]:
     """The post-training stages (:mod:`CardiacUDALib.stages`) a run ends with: the method's and the job's."""
-    return ["adabn"] if method_class.applies_adabn or request.adabn else []
+    names = list(dict.fromkeys([*method_class.finishing_stages, *job.stages]))
+    unknown = [name for name in names if name not in STAGES]
+    if unknown:
+        raise InputDataError(f"unknown training stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    return names
 
 
 def _run_finishing_stages(
@@ -389,7 +319,8 @@ def _run_finishing_stages(
     """Apply the stages to the selected checkpoint and save the result as ``best.pt``; returns what was
     applied, said in front of the checkpoint selection."""
     if target_pool is None:
-        raise InputDataError("AdaBN adapts to the target domain: give target images")
+        titles = ", ".join(STAGES[name].title for name in stage_names)
+        raise InputDataError(f"{titles} adapts to the target domain: give target images")
     selected = load_checkpoint(run.best)
     method.load_state_dict(selected.state, with_optimizers=False)
     metadata = dict(selected.metadata)

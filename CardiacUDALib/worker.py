@@ -20,9 +20,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from CardiacUDALib.engine import run_job
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.events import Event
-from CardiacUDALib.jobs import run_job
+from CardiacUDALib.jobs import Job, parse_job
 from CardiacUDALib.runfolder import STOP_FILE_NAME
 
 EXIT_DONE = 0
@@ -38,7 +39,7 @@ def print_event(event: Event) -> None:
 class StopRequest:
     """True once SIGTERM arrived or the stop file exists."""
 
-    def __init__(self, stop_file: Path | None) -> None:
+    def __init__(self, stop_file: Path) -> None:
         self.stop_file = stop_file
         self.signalled = False
 
@@ -46,7 +47,7 @@ class StopRequest:
         self.signalled = True
 
     def __call__(self) -> bool:
-        return self.signalled or (self.stop_file is not None and self.stop_file.exists())
+        return self.signalled or self.stop_file.exists()
 
 
 def _finite(value: Any) -> Any:
@@ -74,11 +75,10 @@ def _read_job(path: str) -> Any:
         raise CardiacUDAError(f"job file {path} is not valid JSON: {error}") from error
 
 
-def _stop_request(job: Any) -> StopRequest:
-    """Stops on SIGTERM, and on the stop file once the job names its folder."""
-    out_dir = job.get("out_dir") if isinstance(job, dict) else None
-    stop = StopRequest(Path(out_dir) / STOP_FILE_NAME if isinstance(out_dir, str) and out_dir else None)
-    if stop.stop_file is not None and stop.stop_file.is_file():
+def _stop_request(job: Job) -> StopRequest:
+    """Stops on SIGTERM, and on the stop file in the job's output folder."""
+    stop = StopRequest(job.out_dir / STOP_FILE_NAME)
+    if stop.stop_file.is_file():
         stop.stop_file.unlink()  # a stop file left by an earlier cancel must not stop the resumed run
     signal.signal(signal.SIGTERM, stop.on_signal)
     return stop
@@ -90,7 +90,7 @@ def run(args: list[str]) -> tuple[int, bool]:
         print_event({"event": "error", "message": "usage: python -m CardiacUDALib.worker JOB.json"})
         return EXIT_ERROR, False
     try:
-        job = _read_job(args[0])
+        job = parse_job(_read_job(args[0]))
         result = run_job(job, lambda event: print_event(_finite(event)), _stop_request(job))
     except CardiacUDAError as error:
         print_event({"event": "error", "message": str(error)})

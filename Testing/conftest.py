@@ -20,9 +20,10 @@ import torch
 from CardiacUDALib.evaluation import evaluate_cases
 from CardiacUDALib.inference import TrainedModel, segment_cases
 from CardiacUDALib.io import LABEL_MAPS, LabelMap
+from CardiacUDALib.jobs import TrainJob
 from CardiacUDALib.phantom import PhantomDataset, write_phantom_dataset
 from CardiacUDALib.preprocess import PreprocessConfig
-from CardiacUDALib.training import TrainOutcome, TrainRequest, train
+from CardiacUDALib.training import TrainOutcome, train
 
 TEST_SEED = int(os.environ.get("CARDIACUDA_TEST_SEED", "0"))
 _SWEPT_THREADS = os.environ.get("CARDIACUDA_TEST_THREADS")
@@ -52,9 +53,9 @@ def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> PhantomDataset:
 
 def tiny_request(
     dataset: PhantomDataset, label_map: LabelMap, out_dir: Path, /, **changes: object
-) -> TrainRequest:
+) -> TrainJob:
     """A few-step ``source_only`` request on the tiny phantom; keyword arguments replace fields."""
-    request = TrainRequest(
+    request = TrainJob(
         method="source_only",
         out_dir=out_dir,
         source=dataset.source,
@@ -92,7 +93,7 @@ def trained_source_model(
 
     No validation set, so ``best.pt`` is the last checkpoint: nothing here looks at target labels.
     """
-    request = TrainRequest(
+    request = TrainJob(
         method="source_only",
         out_dir=tmp_path_factory.mktemp("source_only_run"),
         source=phantom.source[:8],
@@ -108,7 +109,7 @@ def train_fast_on_phantom(
     method: str, phantom: PhantomDataset, label_map: LabelMap, out_dir: Path, **overrides: object
 ) -> TrainOutcome:
     """``method`` (``fast`` preset) on phantom source 0-7 and every target image; no target label is read."""
-    request = TrainRequest(
+    request = TrainJob(
         method=method,
         out_dir=out_dir,
         source=phantom.source[:8],

@@ -12,10 +12,11 @@ from torch import nn
 
 from CardiacUDALib.checkpoint import load_checkpoint
 from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.jobs import TrainJob
 from CardiacUDALib.methods import build_config, get_method
 from CardiacUDALib.preprocess import PreprocessConfig
 from CardiacUDALib.stages import adapt_batchnorm, batchnorm_layers
-from CardiacUDALib.training import TrainRequest, train
+from CardiacUDALib.training import train
 
 BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -102,7 +103,7 @@ def test_adabn_is_idempotent():
 def test_a_network_without_batchnorm_gets_a_clear_message(tiny_phantom, label_map, tmp_path):
     with pytest.raises(CardiacUDAError, match="no BatchNorm layer"):
         adapt_batchnorm(small_method(norm="instance"), target_slices())
-    request = tiny_request(tiny_phantom, label_map, tmp_path, adabn=True)
+    request = tiny_request(tiny_phantom, label_map, tmp_path, stages=["adabn"])
     request.overrides = {**request.overrides, "norm": "instance"}
     with pytest.raises(CardiacUDAError, match="no BatchNorm layer"):
         train(request)
@@ -118,7 +119,7 @@ def test_adabn_from_a_source_checkpoint_beats_source_only_on_the_phantom_target(
     tmp_path,
     require_gain,
 ):
-    request = TrainRequest(
+    request = TrainJob(
         method="adabn",
         out_dir=tmp_path / "adabn",
         source=phantom.source[:8],

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 LIBRARY = Path(__file__).resolve().parents[1] / "CardiacUDALib"
-ENGINE_MODULES = ("training", "inference", "evaluation", "stages")
+ENGINE_MODULES = ("engine", "training", "inference", "evaluation", "stages")
 METHOD_INTERFACE = {"__init__", "base", "registry"}  # what every method shares
-TORCH_FREE = ("events", "atomic", "cases", "errors", "runfolder", "typed_values")
+TORCH_FREE = ("jobs", "events", "atomic", "cases", "errors", "runfolder", "typed_values", "arguments")
+MAX_MODULE_LINES = 450
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -65,3 +66,12 @@ def test_the_modules_the_slicer_process_uses_do_not_import_torch(module):
     code = f"import sys, CardiacUDALib.{module}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_no_library_module_is_longer_than_a_reader_can_hold():
+    long = {
+        str(path.relative_to(LIBRARY)): lines
+        for path in LIBRARY.rglob("*.py")
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"split these modules (over {MAX_MODULE_LINES} lines): {long}"

@@ -22,11 +22,14 @@ import torch
 from PIL import Image
 
 from CardiacUDALib import cli
-from CardiacUDALib.benchmark import mscmrseg_split, run_benchmark
+from CardiacUDALib.arguments import cases_from_arguments, parse_settings
+from CardiacUDALib.benchmark import run_benchmark
+from CardiacUDALib.benchmark.splits import mscmrseg_split
 from CardiacUDALib.cases import find_cases
 from CardiacUDALib.checkpoint import load_checkpoint
 from CardiacUDALib.demo import run_demo
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
+from CardiacUDALib.jobs import TrainJob
 from CardiacUDALib.methods import METHODS
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -192,15 +195,15 @@ def test_evaluate_names_predictions_without_a_reference(cli_phantom, capsys, mon
 def test_file_pairs_are_named_like_folder_cases_and_target_labels_are_dropped(cli_phantom):
     folder = cli_phantom / "ph/target"
     pair = f"{folder}/case001_image.nii.gz={folder}/case001_label.nii.gz"
-    [case] = cli.cases_from_arguments([pair], "--validation", labelled=True)
+    [case] = cases_from_arguments([pair], "--validation", labelled=True)
     assert case.name == "case001" and case.label == folder / "case001_label.nii.gz"
-    targets = cli.cases_from_arguments([str(folder)], "--target", labelled=False)
+    targets = cases_from_arguments([str(folder)], "--target", labelled=False)
     assert [c.name for c in targets] == ["case000", "case001", "case002", "case003"]
     assert all(c.label is None for c in targets)
 
 
 def test_set_values_parse_as_json_when_they_can():
-    assert cli.parse_settings(["iterations=20", "amp=false", "lr_schedule=poly", "learning_rate=2e-4"]) == {
+    assert parse_settings(["iterations=20", "amp=false", "lr_schedule=poly", "learning_rate=2e-4"]) == {
         "iterations": 20,
         "amp": False,
         "lr_schedule": "poly",
@@ -324,9 +327,11 @@ def test_wrong_layouts_say_what_is_expected(tmp_path):
 
 def test_benchmark_refuses_unknown_dataset_and_target_methods_in_domain(tmp_path):
     with pytest.raises(CardiacUDAError, match="unknown dataset 'acdc'"):
-        run_benchmark(tmp_path, "source_only", tmp_path / "out", dataset="acdc")
+        run_benchmark(tmp_path, TrainJob("source_only", tmp_path / "out"), dataset="acdc")
     with pytest.raises(CardiacUDAError, match="source-only methods"):
-        run_benchmark(tmp_path, "source_only", tmp_path / "out", split="in-domain", adabn=True)
+        run_benchmark(
+            tmp_path, TrainJob("source_only", tmp_path / "out", stages=["adabn"]), split="in-domain"
+        )
 
 
 def test_benchmark_command_without_data_says_how_to_give_it(capsys, monkeypatch):

@@ -12,7 +12,8 @@ import torch
 from conftest import TEST_SEED, mean_dice, tiny_request, train_fast_on_phantom
 from scipy.stats import wasserstein_distance
 
-from CardiacUDALib.benchmark import DataSplit, write_translation_grid
+from CardiacUDALib.benchmark.report import write_translation_grid
+from CardiacUDALib.benchmark.splits import DataSplit
 from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.inference import TrainedModel, translate_cases
 from CardiacUDALib.io import load_case

@@ -12,11 +12,11 @@ import torch
 from conftest import tiny_request
 
 from CardiacUDALib.checkpoint import load_checkpoint
+from CardiacUDALib.engine import run_job
 from CardiacUDALib.errors import CardiacUDAError, CheckpointError, InputDataError
 from CardiacUDALib.evaluation import evaluate_cases
 from CardiacUDALib.inference import TrainedModel, keep_largest_components, segment_cases
 from CardiacUDALib.io import read_image, read_label
-from CardiacUDALib.jobs import run_job
 from CardiacUDALib.methods import get_method
 from CardiacUDALib.methods.source_only import SourceOnly
 from CardiacUDALib.training import train

@@ -14,12 +14,12 @@ from CardiacUDALib.cases import find_cases
 from CardiacUDALib.phantom import (
     PHANTOM_LABEL_VALUES,
     SubjectAnatomy,
-    Tissue,
     draw_anatomy,
     make_subject,
     render_image,
     write_phantom_dataset,
 )
+from CardiacUDALib.phantom_models import Tissue
 
 SUBJECTS_PER_DOMAIN = 6
 LABEL_VALUES = {0, *PHANTOM_LABEL_VALUES.values()}

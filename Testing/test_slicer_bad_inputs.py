@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from bad_files import Files, write_bad_files
-from CardiacUDASlicerLib.adaptation import AdaptationInputs, AdaptationSettings, RunMode, prepare_run
+from CardiacUDASlicerLib.adaptation import WORK_DIR, AdaptationInputs, RunMode, prepare_run
 from CardiacUDASlicerLib.execution import RunExecution
 from CardiacUDASlicerLib.segmentations import load_segmentation_file
 from CardiacUDASlicerLib.volumes import add_volume_node, load_volume_file
 
 from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.jobs import TrainJob
+from CardiacUDALib.preprocess import PreprocessConfig
 
 BATCH_SCRIPT = MODULE_FOLDER / "Scripts" / "batch.py"
 TRAINING = ("--preset", "fast", "--iterations", "2", "--size", "64", "--device", "cpu")
@@ -79,9 +81,14 @@ def test_the_batch_script_exits_1_with_one_error_line(
 # ---- the panel's logic -------------------------------------------------------------------------
 
 
-def _settings() -> AdaptationSettings:
-    return AdaptationSettings(
-        "source_only", preset="fast", iterations=2, device="cpu", preprocess={"size": 64}
+def _job(**overrides: object) -> TrainJob:
+    return TrainJob(
+        "source_only",
+        WORK_DIR,
+        preset="fast",
+        overrides={"iterations": 2, **overrides},
+        device="cpu",
+        preprocess=PreprocessConfig(size=64),
     )
 
 
@@ -100,7 +107,7 @@ def test_a_target_node_with_nan_voxels_is_refused_by_name_before_anything_is_wri
     with_nan.CopyInformation(image)
     inputs.target_volumes = [add_volume_node(mrml.scene, with_nan, "LGE with a hole")]
     with pytest.raises(InputDataError, match=r"volume 'LGE with a hole' has 1 NaN or infinite voxel"):
-        prepare_run(inputs, _settings(), RunMode.TRAIN, tmp_path / "run", mrml.segmentations_logic)
+        prepare_run(inputs, _job(), RunMode.TRAIN, tmp_path / "run", mrml.segmentations_logic)
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]
 
 
@@ -108,15 +115,13 @@ def test_an_empty_source_segmentation_is_refused_by_name(mrml, files, tmp_path):
     inputs = _inputs(mrml, files)
     inputs.source_segmentation.GetSegmentation().RemoveAllSegments()
     with pytest.raises(InputDataError, match="contains no labelled voxel|no segment"):
-        prepare_run(inputs, _settings(), RunMode.TRAIN, tmp_path / "run", mrml.segmentations_logic)
+        prepare_run(inputs, _job(), RunMode.TRAIN, tmp_path / "run", mrml.segmentations_logic)
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]
 
 
 def test_a_bad_setting_comes_back_from_the_worker_as_the_runs_error(mrml, files, tmp_path):
-    settings = _settings()
-    settings.overrides = {"learning_rate": 0}
     run = prepare_run(
-        _inputs(mrml, files), settings, RunMode.TRAIN, tmp_path / "run", mrml.segmentations_logic
+        _inputs(mrml, files), _job(learning_rate=0), RunMode.TRAIN, tmp_path / "run", mrml.segmentations_logic
     )
     execution = RunExecution(run)
     execution.start()
@@ -124,4 +129,4 @@ def test_a_bad_setting_comes_back_from_the_worker_as_the_runs_error(mrml, files,
     assert (
         outcome.error == "setting 'learning_rate' must be greater than 0, not 0.0" and outcome.exit_code == 1
     )
-    assert not (run.work_dir / "checkpoints").exists()
+    assert not (run.job.out_dir / "checkpoints").exists()

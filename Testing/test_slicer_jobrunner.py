@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from CardiacUDASlicerLib.adaptation import (
+    WORK_DIR,
     AdaptationInputs,
     AdaptationRun,
-    AdaptationSettings,
     RunMode,
     import_results,
     prepare_run,
@@ -27,6 +27,8 @@ from CardiacUDASlicerLib.segmentations import load_segmentation_file
 from CardiacUDASlicerLib.volumes import load_volume_file
 
 from CardiacUDALib.checkpoint import load_checkpoint
+from CardiacUDALib.jobs import TrainJob, TranslateJob
+from CardiacUDALib.preprocess import PreprocessConfig
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find orphans")
 TIMEOUT_S = 120
@@ -81,16 +83,16 @@ def test_cancel_keeps_a_checkpoint_leaves_no_process_and_the_run_resumes(mrml, t
     source = load_volume_file(mrml.scene, tiny_phantom.source[0].image, "bSSFP")
     labels = load_segmentation_file(tiny_phantom.source[0].label, source, mrml.segmentations_logic)
     target = load_volume_file(mrml.scene, tiny_phantom.target[0].image, "LGE")
-    settings = AdaptationSettings(
+    job = TrainJob(
         "source_only",
+        WORK_DIR,
         preset="fast",
-        iterations=100,
-        preprocess={"size": 64},
-        overrides={"batch_size": 2, "validate_every": 1000, "checkpoint_every": 1000},
+        preprocess=PreprocessConfig(size=64),
+        overrides={"iterations": 100, "batch_size": 2, "validate_every": 1000, "checkpoint_every": 1000},
     )
     run = prepare_run(
         AdaptationInputs(source, labels, [target]),
-        settings,
+        job,
         RunMode.TRAIN,
         tmp_path / "run",
         mrml.segmentations_logic,
@@ -104,13 +106,13 @@ def test_cancel_keeps_a_checkpoint_leaves_no_process_and_the_run_resumes(mrml, t
     outcome = execution.wait(events.append)
     assert outcome.stopped and outcome.error is None and not outcome.killed and outcome.exit_code == 0
     stopped_step = next(e["step"] for e in events if e["event"] == "stopped")
-    assert load_checkpoint(run.work_dir / "checkpoints" / "last.pt").step == stopped_step >= 2
+    assert load_checkpoint(run.job.out_dir / "checkpoints" / "last.pt").step == stopped_step >= 2
     assert not process_alive(worker_pid)
     with pytest.raises(ProcessLookupError):
         os.killpg(worker_pid, 0)  # nothing is left in the worker's process group
 
     reloaded = AdaptationRun.load(run.root)
-    reloaded.settings["overrides"]["iterations"] = stopped_step + 1  # finish quickly
+    reloaded.job.overrides["iterations"] = stopped_step + 1  # finish quickly
     reloaded.save()
     resumed = RunExecution(reloaded)
     resumed.start()
@@ -137,7 +139,7 @@ STUBBORN_WORKER = textwrap.dedent(
 
 def test_a_worker_that_ignores_the_stop_is_killed_with_its_children(tmp_path):
     job = WorkerJob(
-        {"out_dir": str(tmp_path)},
+        TranslateJob(Path("x.pt"), [], tmp_path),
         tmp_path / "job.json",
         [sys.executable, "-c", STUBBORN_WORKER],
         stop_grace_s=0.5,

@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 import slicer
 from CardiacUDASlicerLib.adaptation import (
+    WORK_DIR,
     AdaptationInputs,
-    AdaptationSettings,
     RunMode,
     missing_inputs,
     prepare_run,
@@ -32,6 +32,7 @@ from vtkmodules.vtkCommonCore import vtkStringArray
 from CardiacUDALib.checkpoint import Checkpoint, save_checkpoint
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
 from CardiacUDALib.io import LABEL_MAPS
+from CardiacUDALib.jobs import TrainJob
 
 MSCMRSEG = LABEL_MAPS["mscmrseg"]
 SHAPE = (6, 20, 24)
@@ -186,7 +187,7 @@ def test_an_empty_segmentation_is_refused(mrml, tmp_path):
     inputs = AdaptationInputs(source, empty, [target])
     with pytest.raises(InputDataError, match="contains no labelled voxel.*paint the structures"):
         prepare_run(
-            inputs, AdaptationSettings("source_only"), RunMode.TRAIN, tmp_path, mrml.segmentations_logic
+            inputs, TrainJob("source_only", WORK_DIR), RunMode.TRAIN, tmp_path, mrml.segmentations_logic
         )
     no_segments = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "blank")
     with pytest.raises(InputDataError, match="has no segment: paint"):
@@ -205,7 +206,7 @@ def test_no_target_volume_says_what_is_missing(mrml, tmp_path):
     assert "a trained model" in " ".join(missing_inputs(inputs, RunMode.ADAPT, None))
     with pytest.raises(InputDataError, match="missing: at least one target volume"):
         prepare_run(
-            inputs, AdaptationSettings("source_only"), RunMode.TRAIN, tmp_path, mrml.segmentations_logic
+            inputs, TrainJob("source_only", WORK_DIR), RunMode.TRAIN, tmp_path, mrml.segmentations_logic
         )
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from CardiacUDALib.benchmark import get_dataset, machine_description
+from CardiacUDALib.arguments import parse_settings
+from CardiacUDALib.benchmark.report import machine_description
+from CardiacUDALib.benchmark.splits import get_dataset
 from CardiacUDALib.checkpoint import Checkpoint
-from CardiacUDALib.cli import parse_settings
 from CardiacUDALib.data import SliceBatch, SlicePool, load_volumes, step_generator
 from CardiacUDALib.device import resolve_device
 from CardiacUDALib.inference import TrainedModel

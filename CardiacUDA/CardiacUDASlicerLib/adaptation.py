@@ -15,6 +15,7 @@ reading the target volumes from ``inputs/`` when they are no longer in the scene
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import re
@@ -25,9 +26,10 @@ from typing import Any
 import slicer
 
 from CardiacUDALib.atomic import write_json_atomic
-from CardiacUDALib.cases import SEGMENTATION_TAG, case_name_of_output
+from CardiacUDALib.cases import SEGMENTATION_TAG, VolumeCase, case_name_of_output
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LabelMap, check_label_not_empty, write_image
+from CardiacUDALib.jobs import EvaluateJob, SegmentJob, TrainJob, parse_job
 from CardiacUDASlicerLib.catalog import CheckpointInfo, describe_checkpoint
 from CardiacUDASlicerLib.segmentations import (
     label_image_from_segmentation,
@@ -44,6 +46,7 @@ from CardiacUDASlicerLib.volumes import (
 )
 
 MANIFEST_NAME = "run.json"
+WORK_DIR = Path("work")  # the library's output folder, relative to the run folder
 
 
 class RunMode(enum.Enum):
@@ -65,25 +68,14 @@ class AdaptationInputs:
     roi: slicer.vtkMRMLMarkupsROINode | None = None
 
 
-@dataclass
-class AdaptationSettings:
-    """How to train or apply: method, preset, iterations (None: the preset's), device, seed, weights."""
-
-    method: str
-    preset: str = "paper"
-    iterations: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    weights: Path | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)  # method settings, as the CLI's --set
-    preprocess: dict[str, Any] = field(
-        default_factory=dict
-    )  # CardiacUDALib.preprocess.PreprocessConfig fields
-
-    def method_overrides(self, mode: RunMode) -> dict[str, Any]:
-        if mode is RunMode.ADAPT:
-            return {**self.overrides, "iterations": 0}  # AdaBN only: no training step
-        return {**self.overrides, **({"iterations": self.iterations} if self.iterations else {})}
+def job_for_mode(mode: RunMode, job: TrainJob) -> TrainJob | SegmentJob:
+    """The job a run of ``mode`` runs, from the train job the user set up (its ``initial_checkpoint``: the
+    chosen weights); outputs go to :data:`WORK_DIR` and the cases are the run's (see :func:`prepare_run`)."""
+    if mode is RunMode.SEGMENT:
+        return SegmentJob(job.initial_checkpoint, [], WORK_DIR / "segmentations", job.device)
+    if mode is RunMode.ADAPT:  # the method's stages (AdaBN) on the weights, no training step
+        return dataclasses.replace(job, out_dir=WORK_DIR, overrides={**job.overrides, "iterations": 0})
+    return dataclasses.replace(job, out_dir=WORK_DIR, initial_checkpoint=None)
 
 
 def needs_source(mode: RunMode) -> bool:
@@ -129,6 +121,12 @@ class RunCase:
     image: str
     label: str | None = None  # source: its labels; target: its reference segmentation, if any
 
+    def volume_case(self, with_label: bool = False) -> VolumeCase:
+        """The case as jobs name it; a target's reference labels go only to the evaluation job."""
+        return VolumeCase(
+            self.name, Path(self.image), Path(self.label) if with_label and self.label else None
+        )
+
 
 def case_names(node_names: list[str]) -> list[str]:
     """File-safe, unique case names (``Case 1 (LGE)`` -> ``Case_1_LGE``)."""
@@ -151,13 +149,9 @@ class AdaptationRun:
     method: str
     label_map: LabelMap
     targets: list[RunCase]
+    job: TrainJob | SegmentJob  # the main job, with the run's cases and output folder
     source: RunCase | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def work_dir(self) -> Path:
-        return self.root / "work"
 
     @property
     def main_job_file(self) -> Path:
@@ -174,7 +168,7 @@ class AdaptationRun:
             "label_map": self.label_map.to_dict(),
             "source": None if self.source is None else asdict(self.source),
             "targets": [asdict(case) for case in self.targets],
-            "settings": self.settings,
+            "job": self.job.to_dict(),
             "results": self.results,
         }
         write_json_atomic(self.root / MANIFEST_NAME, document)
@@ -192,58 +186,22 @@ class AdaptationRun:
             label_map=LabelMap.from_dict(document["label_map"]),
             source=None if document["source"] is None else RunCase(**document["source"]),
             targets=[RunCase(**case) for case in document["targets"]],
-            settings=document["settings"],
+            job=parse_job(document["job"]),
             results=document.get("results", {}),
         )
 
-    def main_job(self) -> dict[str, Any]:
-        """The job of the run's mode; for training, the same file resumes a stopped run."""
-        targets = [{"name": case.name, "image": case.image} for case in self.targets]
-        if self.mode is RunMode.SEGMENT:
-            return {
-                "task": "segment",
-                "checkpoint": self.settings["weights"],
-                "cases": targets,
-                "out_dir": str(self.work_dir / "segmentations"),
-                "device": self.settings["device"],
-            }
-        from CardiacUDALib.cases import VolumeCase
-        from CardiacUDALib.preprocess import PreprocessConfig
-        from CardiacUDALib.training import TrainRequest
-
-        request = TrainRequest(
-            method=self.method,
-            out_dir=self.work_dir,
-            source=[]
-            if self.source is None
-            else [VolumeCase(self.source.name, Path(self.source.image), Path(self.source.label))],
-            target=[VolumeCase(case.name, Path(case.image)) for case in self.targets],
-            label_map=self.label_map,
-            preprocess=PreprocessConfig.from_dict(self.settings["preprocess"]),
-            preset=self.settings["preset"],
-            overrides=self.settings["overrides"],
-            device=self.settings["device"],
-            seed=self.settings["seed"],
-            initial_checkpoint=None if self.mode is RunMode.TRAIN else Path(self.settings["weights"]),
-        )
-        source = [] if self.source is None else [{"name": self.source.name, "image": self.source.image}]
-        return {"task": "train", **request.to_dict(), "segment": targets, "translate": source}
-
-    def evaluation_job(self, segmentations: list[str]) -> dict[str, Any] | None:
+    def evaluation_job(self, segmentations: list[str]) -> EvaluateJob | None:
         """Scores of the segmentations against the targets' reference segmentations, if any were given."""
         by_case = {case_name_of_output(Path(path), SEGMENTATION_TAG): path for path in segmentations}
         pairs = [(by_case[case.name], case) for case in self.targets if case.label and case.name in by_case]
         if not pairs:
             return None
-        return {
-            "task": "evaluate",
-            "predictions": [prediction for prediction, _ in pairs],
-            "references": [
-                {"name": case.name, "image": case.image, "label": case.label} for _, case in pairs
-            ],
-            "label_map": self.label_map.to_dict(),
-            "out_dir": str(self.root / "evaluation"),
-        }
+        return EvaluateJob(
+            predictions=[Path(prediction) for prediction, _ in pairs],
+            references=[case.volume_case(with_label=True) for _, case in pairs],
+            label_map=self.label_map,
+            out_dir=self.root / "evaluation",
+        )
 
     def record(self, result: dict[str, Any]) -> None:
         """Keep a job's result (paths) in the manifest, so the run can be imported again later."""
@@ -297,23 +255,28 @@ def _target_files(
 
 def prepare_run(
     inputs: AdaptationInputs,
-    settings: AdaptationSettings,
+    job: TrainJob,
     mode: RunMode,
     root: Path,
     segmentations_logic: slicer.vtkSlicerSegmentationsModuleLogic,
 ) -> AdaptationRun:
-    """Check the inputs, write them as files and the run's manifest; the jobs are built from the manifest.
+    """Check the inputs, write them as files and the run's manifest with its main job.
+
+    ``job`` is what the user set up: method, preset, settings, and the chosen weights as its
+    ``initial_checkpoint``; :func:`job_for_mode` makes the mode's job of it, and this run fills in its
+    cases and output folder.
 
     The ROI restricts the *targets* (training images and segmentation): the source is used whole, its
     labels already say where the heart is.
     """
-    missing = missing_inputs(inputs, mode, settings.weights)
+    weights = job.initial_checkpoint
+    missing = missing_inputs(inputs, mode, weights)
     if missing:
         raise InputDataError("missing: " + "; ".join(missing))
-    checkpoint = None if settings.weights is None else describe_checkpoint(settings.weights)
-    if mode is RunMode.ADAPT and settings.method not in checkpoint.adapts_with:
-        choose_mode(settings.method, checkpoint)  # raises with the advice
-    method = checkpoint.method if mode is RunMode.SEGMENT else settings.method
+    checkpoint = None if weights is None else describe_checkpoint(weights)
+    if mode is RunMode.ADAPT and job.method not in checkpoint.adapts_with:
+        choose_mode(job.method, checkpoint)  # raises with the advice
+    method = checkpoint.method if mode is RunMode.SEGMENT else job.method
     label_map = (
         checkpoint.label_map if checkpoint else label_map_from_segmentation(inputs.source_segmentation)
     )
@@ -333,21 +296,22 @@ def prepare_run(
         for path, image in files.items():
             write_image(image, path)
     targets = [case for case, _ in exported_targets]
+    main = job_for_mode(mode, job)
+    target_cases = [case.volume_case() for case in targets]
+    if isinstance(main, SegmentJob):
+        main = dataclasses.replace(main, cases=target_cases, out_dir=root / main.out_dir)
+    else:
+        main = dataclasses.replace(
+            main,
+            out_dir=root / main.out_dir,
+            source=[] if source is None else [source.volume_case(with_label=True)],
+            target=target_cases,
+            label_map=label_map,
+            segment=target_cases,
+            translate=[] if source is None else [source.volume_case()],
+        )
     run = AdaptationRun(
-        root=root,
-        mode=mode,
-        method=method,
-        label_map=label_map,
-        source=source,
-        targets=targets,
-        settings={
-            "preset": settings.preset,
-            "overrides": settings.method_overrides(mode),
-            "device": settings.device,
-            "seed": settings.seed,
-            "weights": None if settings.weights is None else str(settings.weights),
-            "preprocess": settings.preprocess,
-        },
+        root=root, mode=mode, method=method, label_map=label_map, source=source, targets=targets, job=main
     )
     run.save()
     return run

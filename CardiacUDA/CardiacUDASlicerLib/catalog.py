@@ -23,7 +23,7 @@ class MethodChoice:
     iterations_by_preset: dict[str, int]
     uses_target: bool
     can_translate: bool
-    applies_adabn: bool
+    finishing_stages: tuple[str, ...]  # post-training stages, e.g. adabn: adapts trained weights instantly
 
 
 def method_choices() -> list[MethodChoice]:
@@ -40,7 +40,7 @@ def method_choices() -> list[MethodChoice]:
             },
             uses_target=method.uses_target,
             can_translate=method.can_translate,
-            applies_adabn=method.applies_adabn,
+            finishing_stages=method.finishing_stages,
         )
         for key, method in METHODS.items()
     ]
@@ -83,7 +83,9 @@ def describe_checkpoint(path: str | Path) -> CheckpointInfo:
         adapts_with=tuple(
             key
             for key, other in METHODS.items()
-            if other.applies_adabn and other.config_class is method.config_class and key != checkpoint.method
+            if other.finishing_stages
+            and other.config_class is method.config_class
+            and key != checkpoint.method
         ),
     )
 

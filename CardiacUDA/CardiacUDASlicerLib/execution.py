@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from CardiacUDALib.jobs import Job
 from CardiacUDASlicerLib.adaptation import AdaptationRun
 from CardiacUDASlicerLib.jobrunner import DEFAULT_STOP_GRACE_S, Event, JobOutcome, WorkerJob
 
@@ -30,13 +31,13 @@ class RunExecution:
         self.outcome: JobOutcome | None = None
         self.stop_requested = False
 
-    def _start(self, job: dict, job_file: Path) -> None:
+    def _start(self, job: Job, job_file: Path) -> None:
         command = None if self.worker_command is None else self.worker_command(job_file)
         self.current = WorkerJob(job, job_file, command, self.stop_grace_s)
         self.current.start()
 
     def start(self) -> None:
-        self._start(self.run.main_job(), self.run.main_job_file)
+        self._start(self.run.job, self.run.main_job_file)
 
     @property
     def finished(self) -> bool:

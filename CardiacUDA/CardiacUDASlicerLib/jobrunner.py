@@ -32,6 +32,7 @@ from typing import IO, Any
 import slicer
 
 from CardiacUDALib.atomic import write_json_atomic  # torch-free: safe at module load
+from CardiacUDALib.jobs import Job
 from CardiacUDALib.runfolder import STOP_FILE_NAME
 
 Event = dict[str, Any]
@@ -114,7 +115,7 @@ class WorkerJob:
 
     def __init__(
         self,
-        job: dict[str, Any],
+        job: Job,
         job_file: Path,
         command: list[str] | None = None,
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
@@ -134,11 +135,11 @@ class WorkerJob:
 
     @property
     def stop_file(self) -> Path:
-        return Path(self.job["out_dir"]) / STOP_FILE_NAME
+        return self.job.out_dir / STOP_FILE_NAME
 
     def start(self) -> None:
         """Write the job file and start the worker; returns at once."""
-        write_json_atomic(self.job_file, self.job)
+        write_json_atomic(self.job_file, self.job.to_dict())
         command = self.command or [worker_interpreter(), "-m", WORKER_MODULE, str(self.job_file)]
         platform_options: dict[str, Any] = (
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}

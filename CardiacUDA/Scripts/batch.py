@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the module fo
 
 import slicer  # noqa: E402
 from CardiacUDASlicerLib.adaptation import (  # noqa: E402
+    WORK_DIR,
     AdaptationInputs,
-    AdaptationSettings,
     choose_mode,
     import_results,
     prepare_run,
@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         from CardiacUDASlicerLib.dependencies import ensure_dependencies
 
         ensure_dependencies(confirm=None)
-    from CardiacUDALib.cli import parse_settings
+    from CardiacUDALib.arguments import parse_settings
+    from CardiacUDALib.jobs import TrainJob
+    from CardiacUDALib.preprocess import PreprocessConfig
 
     inputs = AdaptationInputs(target_volumes=[load_volume_file(context.scene, path) for path in args.target])
     if args.source is not None:
@@ -104,18 +106,21 @@ def run(args: argparse.Namespace) -> list[Path]:
             inputs.source_segmentation = load_segmentation_file(
                 args.source_seg, inputs.source_volume, context.segmentations_logic
             )
-    settings = AdaptationSettings(
+    job = TrainJob(
         method=args.method,
+        out_dir=WORK_DIR,
         preset=args.preset,
-        iterations=args.iterations,
+        overrides={
+            **parse_settings(args.set),
+            **({"iterations": args.iterations} if args.iterations else {}),
+        },
         device=args.device,
         seed=args.seed,
-        weights=args.weights,
-        overrides=parse_settings(args.set),
-        preprocess={} if args.size is None else {"size": args.size},
+        initial_checkpoint=args.weights,
+        preprocess=PreprocessConfig() if args.size is None else PreprocessConfig(size=args.size),
     )
     mode = choose_mode(args.method, None if args.weights is None else describe_checkpoint(args.weights))
-    adaptation = prepare_run(inputs, settings, mode, args.out / "run", context.segmentations_logic)
+    adaptation = prepare_run(inputs, job, mode, args.out / "run", context.segmentations_logic)
     execution = RunExecution(adaptation)
     execution.start()
     outcome = execution.wait(print_event)

@@ -27,4 +27,4 @@ class AdaBN(SourceOnly):
     )
     presets: ClassVar = SourceOnly.presets
     uses_target = True
-    applies_adabn = True
+    finishing_stages = ("adabn",)

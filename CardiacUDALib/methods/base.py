@@ -61,7 +61,9 @@ class AdaptationMethod:
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "fast": {}}
     uses_target: ClassVar[bool] = True  # False: the target images are not needed for training
     can_translate: ClassVar[bool] = False
-    applies_adabn: ClassVar[bool] = False  # True: the engine re-estimates BatchNorm on the target at the end
+    finishing_stages: ClassVar[
+        tuple[str, ...]
+    ] = ()  # post-training stages (stages.STAGES) run after training
 
     def __init__(self, config: MethodConfig, num_classes: int, device: torch.device) -> None:
         self.config = config

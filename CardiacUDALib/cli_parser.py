@@ -1,0 +1,264 @@
+"""The ``cardiac-uda`` command's arguments: one subparser per subcommand, with examples in ``--help``.
+
+The chosen subcommand is ``args.command``; :mod:`CardiacUDALib.cli` runs it. No torch here, so
+``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from CardiacUDALib.arguments import PAIR_SEPARATOR, phantom_size, positive_int
+from CardiacUDALib.cases import SEGMENTATION_TAG
+from CardiacUDALib.preprocess import INTENSITY_PRESETS
+
+PROGRAM = "cardiac-uda"
+DEMO_DEFAULT_METHOD = "adabn"
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda or cuda:N (default: auto)",
+    )
+
+
+def _add_training_options(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    parser.add_argument(
+        "--preset", default=default_preset, help=f"settings preset: paper or fast (default: {default_preset})"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting of the method, e.g. --set iterations=2000 --set learning_rate=2e-4 "
+        "(values parse as JSON when they can: numbers, true/false)",
+    )
+    _add_device(parser)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _add_start_options(parser: argparse.ArgumentParser) -> None:
+    """What a training starts from and ends with (``train`` and ``benchmark``)."""
+    parser.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from these weights, e.g. `--method adabn --init runs/source_only/checkpoints/best.pt "
+        "--set iterations=0` adapts a trained source model in seconds",
+    )
+    parser.add_argument(
+        "--adabn",
+        action="store_true",
+        help="finish by re-estimating BatchNorm statistics on the target images",
+    )
+
+
+def _subparser(
+    subparsers: argparse._SubParsersAction, name: str, summary: str, *examples: str
+) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog="examples:\n" + "\n".join(f"  {example}" for example in examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+_PAIR_HELP = (
+    "a folder of cases (<case>.nii.gz with <case>_manual.nii.gz, or <case>_image/_label), "
+    f"or files given as IMAGE{PAIR_SEPARATOR}LABEL"
+)
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subparser(
+        subparsers,
+        "train",
+        "Train a segmentation model on a labelled source, adapted to unlabelled target images.",
+        "cardiac-uda train --method adabn --source phantom/source --target phantom/target --validation "
+        "phantom/target/case000_image.nii.gz=phantom/target/case000_label.nii.gz --label-map mscmrseg "
+        "--out runs/adabn --preset fast",
+        "cardiac-uda train --method source_only --source ct1.nii.gz=ct1_seg.nii.gz ct2.nii.gz=ct2_seg.nii.gz "
+        '--label-map "205:MYO,420:LA,500:LV,820:AA" --out runs/ct --set iterations=2000',
+    )
+    parser.add_argument("--method", required=True, help="method key (see `cardiac-uda methods`)")
+    parser.add_argument(
+        "--source", nargs="+", required=True, metavar="INPUT", help=f"labelled source: {_PAIR_HELP}"
+    )
+    parser.add_argument(
+        "--target",
+        nargs="+",
+        default=[],
+        metavar="INPUT",
+        help="target images: folders or image files; labels found there are never used for training",
+    )
+    parser.add_argument(
+        "--validation",
+        nargs="+",
+        default=[],
+        metavar="INPUT",
+        help=f"labelled validation set to choose the best checkpoint: {_PAIR_HELP}",
+    )
+    parser.add_argument(
+        "--label-map",
+        required=True,
+        help="label values in the files: mscmrseg (200/500/600), mmwhs, or value:name pairs such as "
+        '"200:MYO,500:LV,600:RV"',
+    )
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (checkpoints, history)")
+    _add_training_options(parser, "paper")
+    _add_start_options(parser)
+    parser.add_argument("--size", type=int, default=192, help="network input size in pixels (default: 192)")
+    parser.add_argument(
+        "--intensity",
+        default="percentile_zscore",
+        choices=INTENSITY_PRESETS,
+        help="intensity normalisation (default: percentile_zscore; a method may set its own)",
+    )
+    parser.add_argument(
+        "--slice-axis",
+        default="auto",
+        choices=["auto", "0", "1", "2"],
+        help="axis to slice along; auto = the largest spacing (default: auto)",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="resample in-plane to this spacing (default: none)",
+    )
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if RUN_DIR holds a run")
+    parser.add_argument(
+        "--segment-target",
+        action="store_true",
+        help="segment the target images with the best checkpoint at the end",
+    )
+
+
+def _add_inference(subparsers: argparse._SubParsersAction, task: str) -> None:
+    if task == "segment":
+        summary = (
+            "Segment volumes with a trained checkpoint (writes <case>_seg.nii.gz with the label values)."
+        )
+    else:
+        summary = "Translate source volumes to the target appearance (methods with a generator)."
+    parser = _subparser(
+        subparsers,
+        task,
+        summary,
+        f"cardiac-uda {task} --checkpoint runs/adabn/checkpoints/best.pt --images phantom/target --out {task}ed",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint (.pt) from train")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        metavar="INPUT",
+        help="image files or folders of cases (labels ignored)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_device(parser)
+    if task == "segment":
+        parser.add_argument(
+            "--no-largest-component",
+            action="store_true",
+            help="keep every connected component (default: only the largest per structure)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Unsupervised cross-modality domain adaptation of cardiac segmentation.",
+        epilog="start with:\n  cardiac-uda demo            (a complete run on a synthetic phantom)\n"
+        "  cardiac-uda <command> --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    _subparser(subparsers, "methods", "List the adaptation methods and their presets.", "cardiac-uda methods")
+
+    phantom = _subparser(
+        subparsers,
+        "phantom",
+        "Write a synthetic two-modality cardiac phantom (labelled bSSFP-like source, LGE-like target).",
+        "cardiac-uda phantom --out phantom --subjects 10",
+    )
+    phantom.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    phantom.add_argument("--subjects", type=positive_int, required=True, help="subjects per domain")
+    phantom.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    phantom.add_argument(
+        "--size", type=phantom_size, default=96, help="in-plane size in pixels (default: 96)"
+    )
+
+    _add_train(subparsers)
+    _add_inference(subparsers, "segment")
+    _add_inference(subparsers, "translate")
+
+    evaluate = _subparser(
+        subparsers,
+        "evaluate",
+        "Score segmentations against reference label maps: per-volume 3D Dice, ASSD and HD95 in mm.",
+        "cardiac-uda evaluate --predictions segmented --references phantom/target --label-map mscmrseg "
+        "--out scores",
+    )
+    evaluate.add_argument(
+        "--predictions",
+        nargs="+",
+        required=True,
+        metavar="INPUT",
+        help=f"<case>{SEGMENTATION_TAG}.nii.gz files, or folders holding them",
+    )
+    evaluate.add_argument("--references", required=True, metavar="DIR", help="folder of labelled cases")
+    evaluate.add_argument("--label-map", required=True, help="mscmrseg, mmwhs or value:name pairs")
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="where metrics.csv and metrics.json go")
+    evaluate.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score the reference cases that have a prediction and name the others (default: an error)",
+    )
+
+    demo = _subparser(
+        subparsers,
+        "demo",
+        "Run no adaptation and an adaptation method on a synthetic phantom and write a report (CPU, minutes).",
+        "cardiac-uda demo --out demo_out",
+    )
+    demo.add_argument(
+        "--method",
+        default=None,
+        help=f"adaptation method to compare with source_only (default: {DEMO_DEFAULT_METHOD} when available; "
+        "source_only runs the baseline alone)",
+    )
+    demo.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default: demo_out)")
+    demo.add_argument(
+        "--subjects", type=positive_int, default=10, help="phantom subjects per domain (default: 10)"
+    )
+    _add_training_options(demo, "fast")
+
+    benchmark = _subparser(
+        subparsers,
+        "benchmark",
+        "Train, test and report a method on real data with the published protocol (MS-CMRSeg C0 -> LGE).",
+        "cardiac-uda benchmark --dataset mscmrseg --data ../shared/data/mscmrseg19_c0_lge_192 "
+        "--method source_only --out bench/source_only",
+    )
+    benchmark.add_argument("--dataset", default="mscmrseg", help="data set name (default: mscmrseg)")
+    benchmark.add_argument(
+        "--data", default=None, metavar="DIR", help="data folder (default: the CARDIACUDA_DATA variable)"
+    )
+    benchmark.add_argument("--method", required=True, help="method key (see `cardiac-uda methods`)")
+    benchmark.add_argument(
+        "--split",
+        default="cross-domain",
+        choices=["cross-domain", "in-domain"],
+        help="cross-domain: C0 -> LGE protocol; in-domain: C0 train/test plus LGE test, source-only methods",
+    )
+    benchmark.add_argument("--out", required=True, metavar="DIR", help="output and run folder")
+    _add_training_options(benchmark, "paper")
+    _add_start_options(benchmark)
+    return parser
