@@ -55,6 +55,20 @@ def _add_start_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_postprocessing_options(parser: argparse.ArgumentParser) -> None:
+    """How segmentations are cleaned (``segment``, and ``train`` / ``benchmark`` for their test volumes)."""
+    parser.add_argument(
+        "--no-largest-component",
+        action="store_true",
+        help="keep every connected component (default: only the largest 3D component per structure)",
+    )
+    parser.add_argument(
+        "--flip-averaging",
+        action="store_true",
+        help="average the class probabilities over test-time flips (left-right, up-down, both)",
+    )
+
+
 def _subparser(
     subparsers: argparse._SubParsersAction, name: str, summary: str, *examples: str
 ) -> argparse.ArgumentParser:
@@ -111,6 +125,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (checkpoints, history)")
     _add_training_options(parser, "paper")
     _add_start_options(parser)
+    _add_postprocessing_options(parser)
     parser.add_argument("--size", type=int, default=192, help="network input size in pixels (default: 192)")
     parser.add_argument(
         "--intensity",
@@ -163,11 +178,7 @@ def _add_inference(subparsers: argparse._SubParsersAction, task: str) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_device(parser)
     if task == "segment":
-        parser.add_argument(
-            "--no-largest-component",
-            action="store_true",
-            help="keep every connected component (default: only the largest per structure)",
-        )
+        _add_postprocessing_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,4 +272,5 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--out", required=True, metavar="DIR", help="output and run folder")
     _add_training_options(benchmark, "paper")
     _add_start_options(benchmark)
+    _add_postprocessing_options(benchmark)
     return parser

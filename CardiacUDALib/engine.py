@@ -33,7 +33,13 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
     if job.segment:
         emit({"event": "status", "message": f"segmenting {len(job.segment)} volume(s)"})
         paths = segment_cases(
-            model, job.segment, job.out_dir / "segmentations", emit, should_stop=should_stop
+            model,
+            job.segment,
+            job.out_dir / "segmentations",
+            emit,
+            job.largest_component,
+            should_stop,
+            job.flip_averaging,
         )
         result["segmentations"] = [str(p) for p in paths]
         result["stopped"] = len(paths) < len(job.segment)
@@ -47,7 +53,9 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
 
 def _run_segment(job: SegmentJob, emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
     model = TrainedModel.load(job.checkpoint, job.device)
-    paths = segment_cases(model, job.cases, job.out_dir, emit, job.largest_component, should_stop)
+    paths = segment_cases(
+        model, job.cases, job.out_dir, emit, job.largest_component, should_stop, job.flip_averaging
+    )
     return {
         "segmentations": [str(p) for p in paths],
         "label_map": model.label_map.to_dict(),

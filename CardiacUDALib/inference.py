@@ -45,14 +45,27 @@ def load_weights(
         ) from error
 
 
+FLIP_AXES = ((), (-1,), (-2,), (-2, -1))  # test-time flips: none, left-right, up-down, both
+
+
 @torch.no_grad()
-def predict_slices(method: AdaptationMethod, slices: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """``[S, k, H, W]`` prepared slices -> ``[S, H, W]`` uint8 classes (argmax of the logits)."""
+def predict_slices(
+    method: AdaptationMethod, slices: np.ndarray, batch_size: int = 16, flip_averaging: bool = False
+) -> np.ndarray:
+    """``[S, k, H, W]`` prepared slices -> ``[S, H, W]`` uint8 classes (argmax of the logits).
+
+    With ``flip_averaging`` the class probabilities are averaged over the slices as given and flipped
+    left-right, up-down and both (each prediction flipped back) before the argmax.
+    """
     method.eval_mode()
     predictions = []
     for start in range(0, len(slices), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_size])).to(method.device)
-        predictions.append(method.segment(batch).argmax(dim=1).to(torch.uint8).cpu().numpy())
+        if flip_averaging:
+            scores = sum(method.segment(batch.flip(axes)).softmax(dim=1).flip(axes) for axes in FLIP_AXES)
+        else:
+            scores = method.segment(batch)
+        predictions.append(scores.argmax(dim=1).to(torch.uint8).cpu().numpy())
     return np.concatenate(predictions)
 
 
@@ -91,12 +104,19 @@ class TrainedModel:
         return self.method.can_translate
 
     def segment_image(
-        self, image: sitk.Image, largest_component: bool = True, batch_size: int = 16
+        self,
+        image: sitk.Image,
+        largest_component: bool = True,
+        batch_size: int = 16,
+        flip_averaging: bool = False,
     ) -> sitk.Image:
-        """A whole volume -> a class label map (uint8, 0 = background) on the input's exact grid."""
+        """A whole volume -> a class label map (uint8, 0 = background) on the input's exact grid.
+
+        Post-processing: ``flip_averaging`` (test-time flips, :func:`predict_slices`), then
+        ``largest_component`` (the largest 3D connected component of each structure)."""
         prepared = prepare_volume(image, self.preprocess)
         predicted = predict_slices(
-            self.method, prepared.with_context(self.preprocess.context_slices), batch_size
+            self.method, prepared.with_context(self.preprocess.context_slices), batch_size, flip_averaging
         )
         classes = restore_labels(prepared, predicted)
         if largest_component:
@@ -167,12 +187,14 @@ def segment_cases(
     emit: EventSink = ignore_event,
     largest_component: bool = True,
     should_stop: StopCheck = never_stop,
+    flip_averaging: bool = False,
 ) -> list[Path]:
     """Segment every case; writes ``<case>_seg<ext>`` (the input's format) with the label map's file values.
     Returns the paths (fewer than ``cases`` when stopped)."""
 
     def segment(image: sitk.Image) -> sitk.Image:
-        return classes_to_values(model.segment_image(image, largest_component), model.label_map)
+        classes = model.segment_image(image, largest_component, flip_averaging=flip_averaging)
+        return classes_to_values(classes, model.label_map)
 
     return _for_each_case(cases, out_dir, SEGMENTATION_TAG, segment, model.label_map, emit, should_stop)
 

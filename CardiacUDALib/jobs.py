@@ -56,6 +56,8 @@ class TrainJob(_JobFields):
     initial_checkpoint: Path | None = None  # start from these weights (a trained source model, say)
     stages: list[str] = field(default_factory=list)  # post-training stages beyond the method's own
     segment: list[VolumeCase] = field(default_factory=list)  # segmented with the selected checkpoint
+    largest_component: bool = True  # post-processing of those segmentations, as in SegmentJob
+    flip_averaging: bool = False
     translate: list[VolumeCase] = field(default_factory=list)  # translated, by methods with a generator
 
 
@@ -68,7 +70,8 @@ class SegmentJob(_JobFields):
     cases: list[VolumeCase]
     out_dir: Path
     device: str = "auto"
-    largest_component: bool = True
+    largest_component: bool = True  # keep each structure's largest 3D connected component
+    flip_averaging: bool = False  # average the probabilities over test-time flips
 
 
 @dataclass

@@ -15,10 +15,17 @@ from CardiacUDALib.checkpoint import load_checkpoint
 from CardiacUDALib.engine import run_job
 from CardiacUDALib.errors import CardiacUDAError, CheckpointError, InputDataError
 from CardiacUDALib.evaluation import evaluate_cases
-from CardiacUDALib.inference import TrainedModel, keep_largest_components, segment_cases
-from CardiacUDALib.io import read_image, read_label
+from CardiacUDALib.inference import (
+    FLIP_AXES,
+    TrainedModel,
+    keep_largest_components,
+    predict_slices,
+    segment_cases,
+)
+from CardiacUDALib.io import load_case, read_image, read_label
 from CardiacUDALib.methods import get_method
 from CardiacUDALib.methods.source_only import SourceOnly
+from CardiacUDALib.preprocess import prepare_volume
 from CardiacUDALib.training import train
 
 
@@ -181,3 +188,42 @@ def test_a_stop_during_segmentation_after_training_is_reported_as_stopped(tiny_p
     result = run_job(job, record, should_stop=lambda: len(segmented) >= 2)
     assert result["stopped"] is True and result["steps"] == 6
     assert [p.split("/")[-1] for p in result["segmentations"]] == ["case000_seg.nii.gz", "case001_seg.nii.gz"]
+
+
+def test_flip_averaging_makes_the_prediction_flip_equivariant(tiny_model, tiny_phantom):
+    model = TrainedModel.load(tiny_model, "cpu")
+    image, _ = load_case(tiny_phantom.target[0], model.label_map)
+    slices = prepare_volume(image, model.preprocess).with_context(1)
+    plain = predict_slices(model.method, slices)
+    averaged = predict_slices(model.method, slices, flip_averaging=True)
+    assert len(np.unique(averaged)) > 1  # a prediction with structure, so equivariance says something
+    for axes in FLIP_AXES[1:]:
+        flipped = predict_slices(model.method, np.flip(slices, axes).copy(), flip_averaging=True)
+        assert (flipped == np.flip(averaged, axes)).mean() > 0.999  # ties of the argmax aside
+    plain_flipped = predict_slices(model.method, np.flip(slices, -1).copy())
+    assert not np.array_equal(plain_flipped, np.flip(plain, -1))  # without averaging it is not
+
+
+def test_appearance_augmentation_resumes_exactly(tiny_phantom, label_map, tmp_path):
+    """GIN draws from torch's per-step seed: a stopped and resumed run equals an uninterrupted one."""
+    settings = {
+        "appearance": "gin_ipa",
+        "norm": "instance",
+        "iterations": 4,
+        "checkpoint_every": 2,
+        "batch_size": 2,
+    }
+    whole = train(tiny_request(tiny_phantom, label_map, tmp_path / "whole", overrides=settings))
+    stops = iter([False, False, True])
+    train(
+        tiny_request(tiny_phantom, label_map, tmp_path / "split", overrides=settings),
+        should_stop=lambda: next(stops, False),
+    )
+    resumed = train(tiny_request(tiny_phantom, label_map, tmp_path / "split", overrides=settings))
+    assert (
+        whole.history["losses"] == resumed.history["losses"] and "consistency" in whole.history["losses"][-1]
+    )
+    for name, tensor in load_checkpoint(whole.last_checkpoint).state["networks"]["segmenter"].items():
+        torch.testing.assert_close(
+            tensor, load_checkpoint(resumed.last_checkpoint).state["networks"]["segmenter"][name]
+        )

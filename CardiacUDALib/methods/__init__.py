@@ -3,7 +3,17 @@
 Importing this package registers every method; ``get_method(key)`` returns its class.
 """
 
-from CardiacUDALib.methods import adabn, cisfa, cmevae, cut_seg, pnp_adanet, source_only, uda_vae_pp, varda  # noqa: F401  (importing registers the methods)
+from CardiacUDALib.methods import (  # noqa: F401  (importing registers the methods)
+    adabn,
+    cisfa,
+    cmevae,
+    cut_seg,
+    gin_ipa,
+    pnp_adanet,
+    source_only,
+    uda_vae_pp,
+    varda,
+)
 from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig, build_config
 from CardiacUDALib.methods.registry import METHODS, get_method, register_method
 

@@ -1,8 +1,13 @@
 """``source_only``: no adaptation. A U-Net trained on the labelled source, applied to the target.
 
-The floor every adaptation method is compared with. Its defaults make it a strong floor (issue #7):
-width 16, 800 iterations of batch 8, flips, 90-degree rotations and intensity scale/shift jitter
-on per-volume percentile-clipped, z-scored slices; loss = class-weighted cross-entropy + Dice.
+The floor every adaptation method is compared with: width 16, 800 iterations of batch 8, flips,
+90-degree rotations and intensity scale/shift jitter on per-volume percentile-clipped, z-scored
+slices; loss = class-weighted cross-entropy + Dice. With ``appearance`` (:mod:`CardiacUDALib.appearance`)
+the source images get random new contrasts first (GIN, or IPA's two blended views with their
+consistency term): single-source domain generalisation, the ``gin_ipa`` method's default.
+
+    loss = sum over views v of [CE(f(x_v), y) + dice_weight * Dice(f(x_v), y)] / views
+           + consistency_weight * mean_v KL(mean_v' p_v' || p_v)       (Ouyang et al. 2022, Eq. 8)
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from CardiacUDALib.appearance import APPEARANCES, appearance_views, view_consistency_loss
 from CardiacUDALib.data import SliceBatch
+from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.losses.segmentation import soft_dice_loss, weighted_cross_entropy
 from CardiacUDALib.methods.base import AdaptationMethod, MethodConfig
 from CardiacUDALib.methods.registry import register_method
@@ -28,6 +35,8 @@ class SourceOnlyConfig(MethodConfig):
     dropout: float = 0.0
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
+    appearance: str = "none"  # source appearance augmentation: one of appearance.APPEARANCES
+    consistency_weight: float = 10.0  # IPA's consistency between its two views (gin_ipa only)
     fractions: ClassVar[frozenset[str]] = MethodConfig.fractions | {"dropout"}
 
 
@@ -50,6 +59,10 @@ class SourceOnly(AdaptationMethod):
 
     def __init__(self, config: SourceOnlyConfig, num_classes: int, device: torch.device) -> None:
         super().__init__(config, num_classes, device)
+        if config.appearance not in APPEARANCES:
+            raise CardiacUDAError(
+                f"setting 'appearance' must be one of {', '.join(APPEARANCES)}, not {config.appearance!r}"
+            )
         self.segmenter = UNet(
             config.context_slices, num_classes, config.width, config.depth, config.norm, config.dropout
         ).to(device)
@@ -65,15 +78,24 @@ class SourceOnly(AdaptationMethod):
 
     def train_step(self, source: SliceBatch, target: SliceBatch | None) -> dict[str, float]:
         self.segmenter.train()
+        views = [source.images]
+        if self.config.appearance != "none":
+            # Seeded from torch's RNG, which the engine seeds per step: a function of (seed, step), so a
+            # resumed run draws the same new looks.
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+            views = appearance_views(source.images, self.config.appearance, generator)
         with self.autocast():
-            logits = self.segmenter(source.images)
-        cross_entropy = weighted_cross_entropy(logits, source.labels)
-        dice = soft_dice_loss(logits.float(), source.labels)
-        loss = cross_entropy + self.config.dice_weight * dice
+            logits = self.segmenter(torch.cat(views)).chunk(len(views))
+        labels = source.labels.repeat(len(views), 1, 1)
+        cross_entropy = weighted_cross_entropy(torch.cat(logits), labels)
+        dice = soft_dice_loss(torch.cat(logits).float(), labels)
+        consistency = view_consistency_loss(list(logits))
+        loss = cross_entropy + self.config.dice_weight * dice + self.config.consistency_weight * consistency
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "cross_entropy": cross_entropy.item(), "dice": dice.item()}
+        losses = {"loss": loss.item(), "cross_entropy": cross_entropy.item(), "dice": dice.item()}
+        return losses | ({"consistency": consistency.item()} if len(views) > 1 else {})
 
     @torch.no_grad()
     def segment(self, images: torch.Tensor) -> torch.Tensor:
