@@ -51,15 +51,19 @@ class TrainOutcome:
     selection: str  # how best.pt was chosen, said in every report
 
 
+INHERITED_SETTINGS = {"context_slices", "intensity"}  # MethodConfig settings the weights depend on
+
+
 def _method_and_preprocess(
     job: TrainJob, resumed: Checkpoint | None, initial: Checkpoint | None
 ) -> tuple[type[AdaptationMethod], MethodConfig, PreprocessConfig]:
     """The run's method config and preprocessing.
 
     A resumed run keeps its saved config (only ``iterations`` may be raised, to extend it). A run that
-    starts from another checkpoint whose method shares this method's config class (``adabn`` from a
-    ``source_only`` model, say) inherits that checkpoint's architecture and preprocessing, so the
-    weights fit; the job's overrides still apply on top.
+    starts from another checkpoint whose config class this method's config extends (``adabn`` or
+    ``self_training`` from a ``source_only`` or ``gin_ipa`` model, say) inherits that checkpoint's
+    network and loss settings and its preprocessing, so the weights fit; the training schedule
+    (iterations, batch size, learning rate, ...) is this method's preset; the job's overrides apply on top.
     """
     method_class = get_method(job.method)
     if resumed is not None:
@@ -69,9 +73,11 @@ def _method_and_preprocess(
                 method_class.config_class, "iterations", job.overrides["iterations"]
             )
         return method_class, config, PreprocessConfig.from_dict(resumed.preprocess)
-    if initial is not None and get_method(initial.method).config_class is method_class.config_class:
-        inherited = {**initial.method_config, **job.overrides}
-        config = build_config(method_class, job.preset, **inherited)
+    initial_config = None if initial is None else get_method(initial.method).config_class
+    if initial_config is not None and issubclass(method_class.config_class, initial_config):
+        schedule = {item.name for item in dataclasses.fields(MethodConfig)} - INHERITED_SETTINGS
+        inherited = {name: value for name, value in initial.method_config.items() if name not in schedule}
+        config = build_config(method_class, job.preset, **{**inherited, **job.overrides})
         return method_class, config, PreprocessConfig.from_dict(initial.preprocess)
     config = build_config(method_class, job.preset, **job.overrides)
     return method_class, config, preprocess_for(config, job.preprocess)
@@ -168,6 +174,11 @@ def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck 
     needs_source = config.iterations > (resumed.step if resumed is not None else 0)
     label_map = _check_inputs(job, method_class, initial, needs_source)
     stage_names = finishing_stages(method_class, job)
+    if method_class.needs_initial_checkpoint and initial is None and resumed is None:
+        raise InputDataError(
+            f"method {method_class.key!r} refines a trained model: give its checkpoint with --init FILE "
+            "(e.g. the best.pt of a gin_ipa or source_only run)"
+        )
     if config.iterations == 0 and initial is None and resumed is None:
         raise CardiacUDAError(
             "iterations=0 means 'no training': give a trained checkpoint to start from (--init FILE)"

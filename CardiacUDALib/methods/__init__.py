@@ -10,6 +10,7 @@ from CardiacUDALib.methods import (  # noqa: F401  (importing registers the meth
     cut_seg,
     gin_ipa,
     pnp_adanet,
+    self_training,
     source_only,
     uda_vae_pp,
     varda,

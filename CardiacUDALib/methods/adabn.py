@@ -25,6 +25,6 @@ class AdaBN(SourceOnly):
     description = (
         "Training-free: re-estimate a source U-Net's BatchNorm statistics on the target images (AdaBN)."
     )
-    presets: ClassVar = SourceOnly.presets
+    presets: ClassVar = {"paper": {"norm": "batch"}, "fast": SourceOnly.presets["fast"]}  # BatchNorm to adapt
     uses_target = True
     finishing_stages = ("adabn",)

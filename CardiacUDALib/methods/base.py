@@ -61,9 +61,9 @@ class AdaptationMethod:
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "fast": {}}
     uses_target: ClassVar[bool] = True  # False: the target images are not needed for training
     can_translate: ClassVar[bool] = False
-    finishing_stages: ClassVar[
-        tuple[str, ...]
-    ] = ()  # post-training stages (stages.STAGES) run after training
+    # post-training stages (stages.STAGES) the engine runs on the selected checkpoint, e.g. ("adabn",)
+    finishing_stages: ClassVar[tuple[str, ...]] = ()
+    needs_initial_checkpoint: ClassVar[bool] = False  # True: it refines a trained model (--init)
 
     def __init__(self, config: MethodConfig, num_classes: int, device: torch.device) -> None:
         self.config = config
