@@ -37,6 +37,12 @@ GIN_NEGATIVE_SLOPE = 0.01
 IPA_CONTROL_SPACING = 48  # pixels between the control points of the blend map (the paper: 24 at half size)
 
 
+def generator_from_torch_seed() -> torch.Generator:
+    """A generator seeded from torch's RNG, which the engine seeds per step: augmentations drawn from it
+    are a function of (seed, step), so a resumed run draws the same ones."""
+    return torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+
+
 def _normal(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(shape, generator=generator).to(device=like.device, dtype=like.dtype)
 

@@ -62,27 +62,29 @@ class TrainJob(_JobFields):
 
 
 @dataclass
-class SegmentJob(_JobFields):
-    """Segment ``cases`` with a trained checkpoint into ``out_dir/<case>_seg<ext>``."""
+class _CheckpointJob(_JobFields):
+    """What the jobs that apply a trained checkpoint to volumes share."""
 
-    task: ClassVar[str] = "segment"
     checkpoint: Path
     cases: list[VolumeCase]
     out_dir: Path
     device: str = "auto"
+
+
+@dataclass
+class SegmentJob(_CheckpointJob):
+    """Segment ``cases`` with a trained checkpoint into ``out_dir/<case>_seg<ext>``."""
+
+    task: ClassVar[str] = "segment"
     largest_component: bool = True  # keep each structure's largest 3D connected component
     flip_averaging: bool = False  # average the probabilities over test-time flips
 
 
 @dataclass
-class TranslateJob(_JobFields):
+class TranslateJob(_CheckpointJob):
     """Translate ``cases`` with a trained checkpoint's generator into ``out_dir/<case>_translated<ext>``."""
 
     task: ClassVar[str] = "translate"
-    checkpoint: Path
-    cases: list[VolumeCase]
-    out_dir: Path
-    device: str = "auto"
 
 
 @dataclass

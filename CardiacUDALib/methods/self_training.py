@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from CardiacUDALib.appearance import random_intensity_network
+from CardiacUDALib.appearance import generator_from_torch_seed, random_intensity_network
 from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.methods.source_only import SourceOnly, SourceOnlyConfig
@@ -89,9 +89,9 @@ class SelfTraining(SourceOnly):
         source_loss, losses = self.source_loss(source)
         with torch.no_grad(), self.autocast():
             teacher_logits = self.teacher(target.images)
-        generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
         with self.autocast():
-            student_logits = self.segmenter(random_intensity_network(target.images, generator))
+            strong = random_intensity_network(target.images, generator_from_torch_seed())
+            student_logits = self.segmenter(strong)
         target_loss, confident = pseudo_label_loss(
             student_logits, teacher_logits, config.confidence_threshold
         )

@@ -20,7 +20,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from CardiacUDALib.appearance import APPEARANCES, appearance_views, view_consistency_loss
+from CardiacUDALib.appearance import (
+    APPEARANCES,
+    appearance_views,
+    generator_from_torch_seed,
+    view_consistency_loss,
+)
 from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.losses.segmentation import soft_dice_loss, weighted_cross_entropy
@@ -92,10 +97,7 @@ class SourceOnly(AdaptationMethod):
         """The supervised loss on the source batch (with its appearance views), and its parts."""
         views = [source.images]
         if self.config.appearance != "none":
-            # Seeded from torch's RNG, which the engine seeds per step: a function of (seed, step), so a
-            # resumed run draws the same new looks.
-            generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
-            views = appearance_views(source.images, self.config.appearance, generator)
+            views = appearance_views(source.images, self.config.appearance, generator_from_torch_seed())
         with self.autocast():
             logits = self.segmenter(torch.cat(views)).chunk(len(views))
         labels = source.labels.repeat(len(views), 1, 1)
