@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-APPEARANCES = ("none", "gin", "gin_ipa")
+APPEARANCES = ("none", "gin", "gin_ipa", "slaug")  # slaug: location_scale.py, a training-step hook
 GIN_LAYERS = 4
 GIN_HIDDEN_CHANNELS = 2
 GIN_KERNEL_SIZES = (1, 3)

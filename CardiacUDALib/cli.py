@@ -77,7 +77,7 @@ def _train_job(args: argparse.Namespace, method: str, out: str) -> TrainJob:
         initial_checkpoint=None if args.init is None else existing_path(args.init, "--init"),
         stages=["adabn"] if args.adabn else [],
         largest_component=not args.no_largest_component,
-        flip_averaging=args.flip_averaging,
+        flip_averaging=not args.no_flip_averaging,
     )
 
 
@@ -115,7 +115,7 @@ def command_segment(args: argparse.Namespace) -> int:
         Path(args.out),
         args.device,
         largest_component=not args.no_largest_component,
-        flip_averaging=args.flip_averaging,
+        flip_averaging=not args.no_flip_averaging,
     )
     result = run_stoppable(lambda emit, stop: run_job(job, emit, stop), PARTIAL_HINT.format("segmentations"))
     print(f"wrote {len(result['segmentations'])} segmentation(s) to {args.out}")

@@ -63,9 +63,10 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser) -> None:
         help="keep every connected component (default: only the largest 3D component per structure)",
     )
     parser.add_argument(
-        "--flip-averaging",
+        "--no-flip-averaging",
         action="store_true",
-        help="average the class probabilities over test-time flips (left-right, up-down, both)",
+        help="one network pass per slice (default: the class probabilities averaged over test-time flips: "
+        "left-right, up-down, both)",
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from CardiacUDALib.cases import VolumeCase
+from CardiacUDALib.deformation import deform_slice
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LabelMap, check_label_not_empty, load_case
 from CardiacUDALib.preprocess import PreparedVolume, PreprocessConfig, prepare_volume
@@ -77,12 +78,14 @@ class SlicePool:
     def __len__(self) -> int:
         return len(self.images)
 
-    def sample(self, rng: np.random.Generator, batch_size: int, augment: bool) -> SliceBatch:
+    def sample(
+        self, rng: np.random.Generator, batch_size: int, augment: bool, deform: bool = False
+    ) -> SliceBatch:
         indices = rng.integers(0, len(self), size=batch_size)
         images = self.images[indices]
         labels = None if self.labels is None else self.labels[indices]
         if augment:
-            images, labels = augment_batch(images, labels, rng)
+            images, labels = augment_batch(images, labels, rng, deform)
         return SliceBatch(
             torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
             None if labels is None else torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
@@ -90,9 +93,11 @@ class SlicePool:
 
 
 def augment_batch(
-    images: np.ndarray, labels: np.ndarray | None, rng: np.random.Generator
+    images: np.ndarray, labels: np.ndarray | None, rng: np.random.Generator, deform: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per slice: random flips and 90-degree rotations (image and label alike), intensity scale and shift.
+    """Per slice: with ``deform``, a random affine + elastic deformation first
+    (:mod:`CardiacUDALib.deformation`); then random flips and 90-degree rotations (image and label
+    alike), intensity scale and shift.
 
     Flips and rotations keep the pixel grid (no interpolation), so labels stay exact. Rotations by 90
     degrees are applied only to square slices, which every prepared slice is.
@@ -100,6 +105,12 @@ def augment_batch(
     images = images.copy()
     labels = None if labels is None else labels.copy()
     for index in range(len(images)):
+        if deform:
+            images[index], deformed_label = deform_slice(
+                images[index], None if labels is None else labels[index], rng
+            )
+            if labels is not None:
+                labels[index] = deformed_label
         turns = int(rng.integers(0, 4))
         flip = bool(rng.integers(0, 2))
         image = np.rot90(images[index], turns, axes=(-2, -1))

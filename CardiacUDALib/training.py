@@ -249,11 +249,11 @@ def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck 
         method.apply_learning_rate(step)
         torch.manual_seed(job.seed * 1_000_003 + step)
         rng = step_generator(job.seed, step)
-        source_batch = source_pool.sample(rng, config.batch_size, config.augment).to(device)
+        source_batch = source_pool.sample(rng, config.batch_size, config.augment, config.deform).to(device)
         target_batch = (
             None
             if target_pool is None
-            else target_pool.sample(rng, config.batch_size, config.augment).to(device)
+            else target_pool.sample(rng, config.batch_size, config.augment, config.deform).to(device)
         )
         losses = _run_train_step(method, source_batch, target_batch, step, config.batch_size)
         step += 1

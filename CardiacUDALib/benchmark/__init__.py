@@ -113,7 +113,9 @@ def run_benchmark(
         f"- Data: `{data_dir}`. {data_split.description}. No resampling (as released): every volume keeps its "
         f"own spacing; slices are cropped/padded to {spec.preprocess.size} x {spec.preprocess.size}, intensities "
         f"`{spec.preprocess.intensity}` unless the method sets its own.\n"
-        f"- Checkpoint: {run.train_result['selection']}. Test labels are read only after this choice.\n\n"
+        f"- Checkpoint: {run.train_result['selection']}. Test labels are read only after this choice.\n"
+        f"- Post-processing: {'probabilities averaged over test-time flips' if job.flip_averaging else 'one pass'}; "
+        f"{'largest 3D component per structure' if job.largest_component else 'every component kept'}.\n\n"
         "## Results\n\n"
         + results_markdown([run], data_split, anchors)
         + (

@@ -11,6 +11,7 @@ from CardiacUDALib.methods import (  # noqa: F401  (importing registers the meth
     gin_ipa,
     pnp_adanet,
     self_training,
+    slaug,
     source_only,
     uda_vae_pp,
     varda,

@@ -38,6 +38,7 @@ class MethodConfig:
         None  # None: the data's preprocessing preset; a method that needs one (VAE: minmax) sets it
     )
     augment: bool = True  # random flips, 90-degree rotations, intensity scale/shift (data.augment_batch)
+    deform: bool = False  # with augment: random affine + elastic deformation first (deformation.py)
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     validate_every: int = 100
     checkpoint_every: int = 100

@@ -86,6 +86,7 @@ class SelfTraining(SourceOnly):
 
     def train_step(self, source: SliceBatch, target: SliceBatch | None) -> dict[str, float]:
         config = self.config
+        self.optimizer.zero_grad(set_to_none=True)
         source_loss, losses = self.source_loss(source)
         with torch.no_grad(), self.autocast():
             teacher_logits = self.teacher(target.images)
@@ -96,7 +97,6 @@ class SelfTraining(SourceOnly):
             student_logits, teacher_logits, config.confidence_threshold
         )
         loss = source_loss + config.unlabelled_weight * target_loss
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self._follow_student()
