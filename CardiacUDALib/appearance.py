@@ -82,9 +82,15 @@ def smooth_blend_map(
     columns = max(2, math.ceil(width / IPA_CONTROL_SPACING) + 1)
     control = _uniform((batch, 1, rows, columns), generator, like) * 2 - 1
     field = F.interpolate(control, size=(height, width), mode="bicubic", align_corners=True)
-    low = field.flatten(1).min(dim=1).values.view(batch, 1, 1, 1)
-    high = field.flatten(1).max(dim=1).values.view(batch, 1, 1, 1)
-    return (field - low) / (high - low + 1e-6)
+    return rescale_per_image(field, 1e-6)
+
+
+def rescale_per_image(maps: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``[B, C, H, W]`` maps, each rescaled to [0, 1] by its own minimum and maximum (+ ``epsilon``)."""
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    low = maps.flatten(1).min(dim=1).values.view(shape)
+    high = maps.flatten(1).max(dim=1).values.view(shape)
+    return (maps - low) / (high - low + epsilon)
 
 
 def pseudo_correlation_views(

@@ -29,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from CardiacUDALib.appearance import rescale_per_image
+
 BEZIER_CONTROL_POINTS = 4
 CURVE_SAMPLES = 1000
 SCALE_STD, SCALE_RANGE = 0.1, (0.9, 1.1)
@@ -116,9 +118,7 @@ def saliency_map(input_gradient: torch.Tensor, grid: int = SALIENCY_GRID) -> tor
     magnitude = input_gradient.float().pow(2).mean(dim=1, keepdim=True).sqrt()
     coarse = F.adaptive_avg_pool2d(magnitude, grid)
     smooth = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
-    low = smooth.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
-    high = smooth.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
-    return (smooth - low) / (high - low + 1e-12)
+    return rescale_per_image(smooth, 1e-12)
 
 
 def saliency_balanced_fusion(

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from CardiacUDALib.atomic import write_json_atomic
 from CardiacUDALib.benchmark.splits import get_dataset
+from CardiacUDALib.checkpoint import load_checkpoint
 from CardiacUDALib.inference import TrainedModel, keep_largest_components
 from CardiacUDALib.io import load_case
 from CardiacUDALib.metrics import score_volume
@@ -78,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for run in args.runs:
         best = score_run(run, args.data, "best")
-        same = (
-            TrainedModel.load(RunFolder(run).best, "cpu").checkpoint.step
-            == TrainedModel.load(RunFolder(run).last, "cpu").checkpoint.step
-        )
+        same = load_checkpoint(RunFolder(run).best).step == load_checkpoint(RunFolder(run).last).step
         results[str(run)] = {"best": best, "last": best if same else score_run(run, args.data, "last")}
         print(f"scored {run}", file=sys.stderr, flush=True)
     print("| checkpoint | post-processing | LGE 1-5 (validation) | LGE 6-40 (test) |")
