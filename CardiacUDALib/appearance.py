@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 APPEARANCES = ("none", "gin", "gin_ipa", "slaug")  # slaug: location_scale.py, a training-step hook
+SINGLE_VIEW_APPEARANCES = ("gin",)  # one view, no loss term of its own: any method can train on it
 GIN_LAYERS = 4
 GIN_HIDDEN_CHANNELS = 2
 GIN_KERNEL_SIZES = (1, 3)

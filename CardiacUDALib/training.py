@@ -255,6 +255,7 @@ def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck 
             if target_pool is None
             else target_pool.sample(rng, config.batch_size, config.augment, config.deform).to(device)
         )
+        source_batch = method.with_appearance(source_batch)
         losses = _run_train_step(method, source_batch, target_batch, step, config.batch_size)
         step += 1
         for name, value in losses.items():

@@ -12,6 +12,10 @@ from CardiacUDALib.appearance import (
     smooth_blend_map,
     view_consistency_loss,
 )
+from CardiacUDALib.data import SliceBatch
+from CardiacUDALib.errors import CardiacUDAError
+from CardiacUDALib.methods.base import build_config
+from CardiacUDALib.methods.registry import get_method
 
 
 def _images(batch: int = 4, channels: int = 1, size: int = 48) -> torch.Tensor:
@@ -94,3 +98,32 @@ def test_consistency_is_the_mean_kl_to_the_views_average_and_zero_when_views_agr
     m = (p + q) / 2
     expected = sum((m * (m / view).log()).sum() / 2 for view in (p, q)) / 2  # mean over views and classes
     torch.testing.assert_close(view_consistency_loss(views), expected)
+
+
+@pytest.mark.parametrize("key", ["varda", "pnp_adanet", "cisfa"])
+def test_every_method_gets_single_view_appearance_on_its_source_branch_from_the_engine(key):
+    method_class = get_method(key)
+    method = method_class(build_config(method_class, "fast", appearance="gin"), 4, torch.device("cpu"))
+    labels = torch.randint(4, (4, 48, 48))
+    source = SliceBatch(_images(), labels)
+    torch.manual_seed(3)
+    first = method.with_appearance(source)
+    torch.manual_seed(3)
+    again = method.with_appearance(source)
+    assert first.images.shape == source.images.shape and not torch.allclose(first.images, source.images)
+    assert torch.equal(first.labels, labels)
+    torch.testing.assert_close(first.images, again.images)  # the engine's per-step seed reproduces it
+
+
+def test_methods_without_their_own_views_refuse_the_multi_view_appearances():
+    varda = get_method("varda")
+    for appearance in ("gin_ipa", "slaug"):
+        with pytest.raises(CardiacUDAError, match=f"cannot use appearance '{appearance}'.*none, gin"):
+            varda(build_config(varda, "fast", appearance=appearance), 4, torch.device("cpu"))
+
+
+def test_source_only_applies_its_appearances_itself_so_the_engine_leaves_its_batch_alone():
+    source_only = get_method("source_only")
+    method = source_only(build_config(source_only, "fast", appearance="gin"), 4, torch.device("cpu"))
+    source = SliceBatch(_images(), torch.zeros(4, 48, 48, dtype=torch.long))
+    assert method.with_appearance(source) is source

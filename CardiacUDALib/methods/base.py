@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from CardiacUDALib.appearance import SINGLE_VIEW_APPEARANCES, appearance_views, generator_from_torch_seed
 from CardiacUDALib.data import SliceBatch
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.typed_values import checked, field_types
@@ -39,6 +40,10 @@ class MethodConfig:
     )
     augment: bool = True  # random flips, 90-degree rotations, intensity scale/shift (data.augment_batch)
     deform: bool = False  # with augment: random affine + elastic deformation first (deformation.py)
+    # appearance augmentation of the source branch (appearance.APPEARANCES): the engine gives every
+    # method's train_step single-view ones (appearance.SINGLE_VIEW_APPEARANCES) already applied; a method
+    # that needs the views in its loss (IPA's consistency, SLAug's saliency) lists them in own_appearances
+    appearance: str = "none"
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     validate_every: int = 100
     checkpoint_every: int = 100
@@ -65,8 +70,15 @@ class AdaptationMethod:
     # post-training stages (stages.STAGES) the engine runs on the selected checkpoint, e.g. ("adabn",)
     finishing_stages: ClassVar[tuple[str, ...]] = ()
     needs_initial_checkpoint: ClassVar[bool] = False  # True: it refines a trained model (--init)
+    own_appearances: ClassVar[tuple[str, ...]] = ()  # appearances its train_step applies itself
 
     def __init__(self, config: MethodConfig, num_classes: int, device: torch.device) -> None:
+        usable = ("none", *SINGLE_VIEW_APPEARANCES, *self.own_appearances)
+        if config.appearance not in usable:
+            raise CardiacUDAError(
+                f"method {self.key!r} cannot use appearance {config.appearance!r}: one of "
+                f"{', '.join(dict.fromkeys(usable))}"
+            )
         self.config = config
         self.num_classes = num_classes
         self.device = device
@@ -95,6 +107,15 @@ class AdaptationMethod:
         return {}
 
     # ---- shared machinery --------------------------------------------------------------------
+    def with_appearance(self, source: SliceBatch) -> SliceBatch:
+        """The source batch ``train_step`` gets: with a single-view appearance the method does not apply
+        itself, each image in a new random appearance (labels untouched); else the batch as it is."""
+        appearance = self.config.appearance
+        if appearance not in SINGLE_VIEW_APPEARANCES or appearance in self.own_appearances:
+            return source
+        (view,) = appearance_views(source.images, appearance, generator_from_torch_seed())
+        return SliceBatch(view, source.labels)
+
     def learning_rate_factor(self, step: int) -> float:
         """Multiplier of every optimiser's initial learning rate at ``step``; methods may override."""
         if self.config.lr_schedule == "constant":

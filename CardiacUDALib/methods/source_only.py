@@ -46,7 +46,6 @@ class SourceOnlyConfig(MethodConfig):
     dropout: float = 0.0
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
-    appearance: str = "none"  # source appearance augmentation: one of appearance.APPEARANCES
     consistency_weight: float = 10.0  # IPA's consistency between its two views (gin_ipa only)
     fractions: ClassVar[frozenset[str]] = MethodConfig.fractions | {"dropout"}
 
@@ -69,13 +68,10 @@ class SourceOnly(AdaptationMethod):
         },
     }
     uses_target = False
+    own_appearances = APPEARANCES[1:]  # all of them, in source_loss
 
     def __init__(self, config: SourceOnlyConfig, num_classes: int, device: torch.device) -> None:
         super().__init__(config, num_classes, device)
-        if config.appearance not in APPEARANCES:
-            raise CardiacUDAError(
-                f"setting 'appearance' must be one of {', '.join(APPEARANCES)}, not {config.appearance!r}"
-            )
         if config.appearance == "slaug" and config.intensity != "minmax":
             raise CardiacUDAError(
                 "appearance 'slaug' remaps intensities in [0, 1]: it needs --set intensity=minmax"
