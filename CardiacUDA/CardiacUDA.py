@@ -77,8 +77,10 @@ class CardiacUDA(ScriptedLoadableModule):
 class CardiacUDAParameterNode:
     """The panel's state, saved with the scene. Per-user choices (device, cache) live in QSettings."""
 
-    sourceVolume: vtkMRMLScalarVolumeNode
+    sourceVolume: vtkMRMLScalarVolumeNode  # the pair that "Add pair" adds to the list below
     sourceSegmentation: vtkMRMLSegmentationNode
+    sourceVolumes: list[vtkMRMLScalarVolumeNode]  # the labelled source pairs, by rank
+    sourceSegmentations: list[vtkMRMLSegmentationNode]
     targetVolumes: list[vtkMRMLScalarVolumeNode]
     referenceSegmentation: vtkMRMLSegmentationNode
     roi: vtkMRMLMarkupsROINode
@@ -112,6 +114,12 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.onPollWorker)
+        self.modelManifest = None  # CardiacUDALib.weights.Manifest, once read
+        self.modelChoices = []  # CardiacUDASlicerLib.models.ModelChoice, one per entry of the model menu
+        self.download = None  # CardiacUDASlicerLib.models.ModelDownload while a model downloads
+        self.downloadTimer = qt.QTimer()
+        self.downloadTimer.setInterval(POLL_INTERVAL_MS)
+        self.downloadTimer.timeout.connect(self.onPollDownload)
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -132,18 +140,30 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.iterationsSpinBox.valueChanged.connect(self.updateTimeEstimate)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
         self.ui.targetVolumesSelector.checkedNodesChanged.connect(self.onTargetsChanged)
+        self.ui.addSourcePairButton.clicked.connect(self.onAddSourcePair)
+        self.ui.removeSourcePairsButton.clicked.connect(self.onRemoveSourcePairs)
+        self.ui.addScenePairsButton.clicked.connect(self.onAddScenePairs)
+        self.ui.addSourceFolderButton.clicked.connect(self.onAddSourceFolder)
+        self.fillModelComboBox()
+        self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.modelDownloadButton.clicked.connect(self.onDownloadModel)
+        self.ui.modelImportButton.clicked.connect(self.onImportModel)
+        self.ui.modelCancelButton.clicked.connect(self.onCancelDownload)
         self.ui.checkpointPathLineEdit.currentPath = settingsValue("LastCheckpoint")
         self.ui.checkpointPathLineEdit.currentPathChanged.connect(self.onCheckpointChanged)
         self.ui.trainButton.clicked.connect(self.onTrainButton)
         self.ui.segmentWithModelButton.clicked.connect(lambda: self.onStartRun("segment"))
-        self.ui.adaptInstantlyButton.clicked.connect(lambda: self.onStartRun("adapt"))
+        self.ui.adaptInstantlyButton.clicked.connect(lambda: self.onStartRun("adabn"))
+        self.ui.selfTrainButton.clicked.connect(lambda: self.onStartRun("self_training"))
         self.ui.resumeRunButton.clicked.connect(self.onResumeRun)
         self.ui.loadRunButton.clicked.connect(self.onLoadRun)
         self.ui.openCacheButton.clicked.connect(self.onOpenCache)
         self.ui.clearCacheButton.clicked.connect(self.onClearCache)
+        self.ui.compareButton.clicked.connect(self.onCompareResults)
         self.initializeParameterNode()
         self.onMethodChanged()
         self.onCheckpointChanged(self.ui.checkpointPathLineEdit.currentPath)
+        self.updateModelButtons()
 
     def fillMethodComboBox(self) -> None:
         """One item per registered method (its key), described below the combo box; needs PyTorch."""
@@ -183,7 +203,10 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Never leave a worker behind: a closed module or application stops its run."""
         if self.execution is not None and not self.execution.finished:
             self.execution.kill()
+        if self.download is not None:
+            self.download.cancel()
         self.timer.stop()
+        self.downloadTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -232,6 +255,7 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Each action is enabled only when its inputs are there; its tooltip says what is missing."""
         from CardiacUDASlicerLib.adaptation import RunMode, missing_inputs
 
+        self.updateSourcePairsTable()
         running = self.execution is not None and not self.execution.finished
         inputs = self.currentInputs()
         weights = self.currentCheckpointPath()
@@ -246,6 +270,11 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.adaptInstantlyButton,
                 RunMode.ADAPT,
                 _("Re-estimate the model's BatchNorm on the targets (seconds), then segment."),
+            ),
+            (
+                self.ui.selfTrainButton,
+                RunMode.REFINE,
+                _("Self-train the model on the targets with the labelled sources (minutes), then segment."),
             ),
         ):
             missing = missing_inputs(inputs, mode, weights)
@@ -267,7 +296,76 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         references = (
             {targets[0].GetID(): node.referenceSegmentation} if targets and node.referenceSegmentation else {}
         )
-        return AdaptationInputs(node.sourceVolume, node.sourceSegmentation, targets, references, node.roi)
+        return AdaptationInputs(self.currentSourcePairs(), targets, references, node.roi)
+
+    # ---- labelled source pairs -----------------------------------------------------------------
+
+    def currentSourcePairs(self) -> list:
+        """The listed (volume, segmentation) pairs whose nodes are still in the scene."""
+        from CardiacUDASlicerLib.sources import SourcePair
+
+        node = self._parameterNode
+        if node is None:
+            return []
+        pairs = zip(node.sourceVolumes, node.sourceSegmentations)
+        return [SourcePair(volume, segmentation) for volume, segmentation in pairs if volume and segmentation]
+
+    def addSourcePairs(self, pairs: list) -> None:
+        """Append ``pairs`` to the list (a volume listed already is not added again)."""
+        from CardiacUDASlicerLib.sources import with_pairs_added
+
+        self.setSourcePairs(with_pairs_added(self.currentSourcePairs(), pairs))
+
+    def setSourcePairs(self, pairs: list) -> None:
+        with slicer.util.NodeModify(self._parameterNode):  # one Modified event for both lists
+            self._parameterNode.sourceVolumes = [pair.volume for pair in pairs]
+            self._parameterNode.sourceSegmentations = [pair.segmentation for pair in pairs]
+
+    def updateSourcePairsTable(self) -> None:
+        table = self.ui.sourcePairsTable
+        pairs = self.currentSourcePairs()
+        table.setRowCount(len(pairs))
+        for row, pair in enumerate(pairs):
+            for column, node in enumerate((pair.volume, pair.segmentation)):
+                table.setItem(row, column, qt.QTableWidgetItem(node.GetName()))
+
+    def onAddSourcePair(self) -> None:
+        from CardiacUDASlicerLib.sources import SourcePair
+
+        node = self._parameterNode
+        if node.sourceVolume and node.sourceSegmentation:
+            self.addSourcePairs([SourcePair(node.sourceVolume, node.sourceSegmentation)])
+
+    def onRemoveSourcePairs(self) -> None:
+        selected = {index.row() for index in self.ui.sourcePairsTable.selectionModel().selectedRows()}
+        self.setSourcePairs(
+            [pair for row, pair in enumerate(self.currentSourcePairs()) if row not in selected]
+        )
+
+    def onAddScenePairs(self) -> None:
+        from CardiacUDASlicerLib.sources import find_source_pairs
+
+        found = find_source_pairs(slicer.mrmlScene, exclude=self._parameterNode.targetVolumes)
+        self.addSourcePairs(found.pairs)
+        self.log(found.summary())
+        if found.unlabelled:
+            self.log(_("Volumes without a segmentation: ") + ", ".join(found.unlabelled))
+
+    def onAddSourceFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Folder of labelled source cases"), settingsValue("LastSourceFolder")
+        )
+        if not folder:
+            return
+        setSettingsValue("LastSourceFolder", folder)
+        with slicer.util.tryWithErrorDisplay(_("The folder's cases could not be loaded."), waitCursor=True):
+            from CardiacUDASlicerLib.sources import load_source_folder
+
+            pairs = load_source_folder(slicer.mrmlScene, Path(folder), slicer.modules.segmentations.logic())
+            self.addSourcePairs(pairs)
+            self.log(
+                _("Loaded {count} labelled cases from {folder}.").format(count=len(pairs), folder=folder)
+            )
 
     def currentCheckpointPath(self) -> Path | None:
         text = self.ui.checkpointPathLineEdit.currentPath
@@ -337,6 +435,108 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.checkpointInfoLabel.text = str(error)
         self._checkCanApply()
 
+    def fillModelComboBox(self, selectedId: str = "") -> None:
+        """The manifest's models, each marked downloaded or not; selects ``selectedId`` or the last choice."""
+        from CardiacUDALib.errors import CardiacUDAError
+
+        self.modelManifest = None
+        self.modelChoices = []
+        try:
+            from CardiacUDASlicerLib.models import model_choices
+
+            from CardiacUDALib.weights import load_manifest
+
+            self.modelManifest = load_manifest()
+            self.modelChoices = model_choices(self.modelManifest)
+        except (ImportError, CardiacUDAError) as error:
+            logging.warning(f"CardiacUDA: no pretrained models listed ({error})")
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        for choice in self.modelChoices:
+            combo.addItem(choice.label, choice.entry.id)
+        if not self.modelChoices:
+            combo.addItem(_("No pretrained model listed"))
+        combo.currentIndex = max(combo.findData(selectedId or settingsValue("LastModel")), 0)
+        combo.blockSignals(False)
+
+    def currentModelChoice(self) -> Any:
+        index = self.ui.modelComboBox.currentIndex
+        return self.modelChoices[index] if 0 <= index < len(self.modelChoices) else None
+
+    def updateModelButtons(self) -> None:
+        choice = self.currentModelChoice()
+        downloading = self.download is not None
+        self.ui.modelComboBox.enabled = bool(self.modelChoices) and not downloading
+        self.ui.modelDownloadButton.enabled = choice is not None and choice.local is None and not downloading
+        self.ui.modelImportButton.enabled = self.modelManifest is not None and not downloading
+        self.ui.modelCancelButton.enabled = downloading
+
+    def onModelChanged(self) -> None:
+        """A downloaded model becomes the trained model that Segment / Adapt use."""
+        choice = self.currentModelChoice()
+        self.updateModelButtons()
+        if choice is None:
+            return
+        setSettingsValue("LastModel", choice.entry.id)
+        if choice.local is not None:
+            self.ui.checkpointPathLineEdit.currentPath = str(choice.local)
+
+    def showModel(self, modelId: str) -> None:
+        """List the models again (one is now downloaded) and use ``modelId``'s file."""
+        self.fillModelComboBox(modelId)
+        self.onModelChanged()
+
+    def onDownloadModel(self) -> None:
+        from CardiacUDASlicerLib.models import ModelDownload
+
+        choice = self.currentModelChoice()
+        if choice is None:
+            return
+        self.download = ModelDownload(choice.entry)
+        self.download.start()
+        self.ui.modelProgressBar.setRange(0, 100)
+        self.ui.modelProgressBar.value = 0
+        self.log(_("Downloading {title}...").format(title=choice.entry.title))
+        self.downloadTimer.start()
+        self.updateModelButtons()
+
+    def onCancelDownload(self) -> None:
+        if self.download is not None:
+            self.download.cancel()
+
+    def onPollDownload(self) -> None:
+        """Show the download's progress; once it has ended, use its file or say why there is none."""
+        download = self.download
+        self.ui.modelProgressBar.value = int(100 * download.done / max(download.total, 1))
+        if not download.finished:
+            return
+        self.downloadTimer.stop()
+        self.download = None
+        outcome = download.outcome
+        if outcome.path is not None:
+            self.log(_("Downloaded {path}.").format(path=outcome.path))
+            self.showModel(download.entry.id)
+        elif outcome.cancelled:
+            self.log(_("Download cancelled; Download resumes it."))
+        else:
+            self.log(_("Download failed: {error}").format(error=outcome.error))
+            slicer.util.errorDisplay(outcome.error, windowTitle=_("CardiacUDA"))
+        self.updateModelButtons()
+
+    def onImportModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Model file to import"), "", _("CardiacUDA model (*.pt)")
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The model file could not be imported."), waitCursor=True):
+            from CardiacUDASlicerLib.models import import_model_file
+
+            choice = import_model_file(Path(path), self.modelManifest)
+            self.log(_("Imported {path} as {title}.").format(path=path, title=choice.entry.title))
+            self.showModel(choice.entry.id)
+
     def onOpenCache(self) -> None:
         folder = self.logic.cacheFolder()
         folder.mkdir(parents=True, exist_ok=True)
@@ -375,7 +575,9 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             question, windowTitle=_("CardiacUDA: install Python packages")
         )
 
-    def onStartRun(self, modeName: str) -> None:
+    def onStartRun(self, actionName: str) -> None:
+        """``train``, or what to do with the trained model (a ``ModelAction`` value: segment, adabn,
+        self_training)."""
         from CardiacUDASlicerLib.adaptation import WORK_DIR, RunMode
 
         from CardiacUDALib.jobs import TrainJob
@@ -386,15 +588,18 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.fillMethodComboBox()
                 self.onMethodChanged()
             node = self._parameterNode
-            mode = RunMode(modeName)
             job = TrainJob(
-                method=self.logic.adaptInstantlyMethod if mode is RunMode.ADAPT else node.method,
+                method=node.method,
                 out_dir=WORK_DIR,
                 preset=node.preset,
                 overrides={"iterations": node.iterations} if node.iterations else {},
                 device=self.currentDevice(),
-                initial_checkpoint=self.currentCheckpointPath(),
             )
+            mode = RunMode.TRAIN
+            if actionName != "train":
+                from CardiacUDASlicerLib.models import ModelAction, job_for_model
+
+                job, mode = job_for_model(self.currentCheckpointPath(), ModelAction(actionName), job)
             inputs = self.currentInputs()
             self.startExecution(self.logic.startRun(inputs, job, mode), inputs.target_volumes)
 
@@ -477,17 +682,26 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             target = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
             slicer.util.setSliceViewerLayers(background=target, fit=True)
         if imported.translations:
-            node.translatedVolume = imported.translations[0]
-            self.logic.showSideBySide(node.sourceVolume, imported.translations[0])
+            translated = next(iter(imported.translations.values()))  # the first source's
+            node.translatedVolume = translated
+            pairs = self.currentSourcePairs()
+            self.logic.showSideBySide(pairs[0].volume if pairs else None, translated)
         if imported.metrics_table is not None:
             node.metricsTable = imported.metrics_table
         self.ui.outputsCollapsibleButton.collapsed = False
 
+    def onCompareResults(self) -> None:
+        """Reliability map, pairwise Dice table and one slice view per checked segmentation."""
+        with slicer.util.tryWithErrorDisplay(_("The results cannot be compared."), waitCursor=True):
+            segmentations = list(self.ui.compareSegmentationsSelector.checkedNodes())
+            targets = list(self._parameterNode.targetVolumes) if self._parameterNode else []
+            comparison = self.logic.compareResults(segmentations, targets[0] if targets else None)
+            self._parameterNode.metricsTable = comparison.table_node
+            self.log(comparison.table.markdown())
+
 
 class CardiacUDALogic(ScriptedLoadableModuleLogic):
     """Everything the panel does, usable without it (scripts, the self test); never opens a dialog itself."""
-
-    adaptInstantlyMethod = "adabn"
 
     def getParameterNode(self) -> CardiacUDAParameterNode:
         return CardiacUDAParameterNode(super().getParameterNode())
@@ -553,6 +767,20 @@ class CardiacUDALogic(ScriptedLoadableModuleLogic):
             raise CardiacUDAError(outcome.error or "the run was stopped")
         return self.importRun(execution.run, inputs.target_volumes)
 
+    def compareResults(self, segmentations: list[vtkMRMLSegmentationNode], fallbackTarget: Any = None) -> Any:
+        """Compare results of one target (the volume they were made on, else ``fallbackTarget``) and show
+        them side by side; returns the CardiacUDASlicerLib.compare.Comparison."""
+        from CardiacUDASlicerLib.compare import compare_segmentations, comparison_target, show_comparison
+
+        target = comparison_target(segmentations, fallbackTarget)
+        comparison = compare_segmentations(target, segmentations, slicer.modules.segmentations.logic())
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+            show_comparison(layoutNode, target, segmentations, comparison.reliability_volume)
+            slicer.util.resetSliceViews()
+        return comparison
+
     @staticmethod
     def showSideBySide(source: vtkMRMLScalarVolumeNode | None, translated: vtkMRMLScalarVolumeNode) -> None:
         """Source on the left, its translation into the target's appearance on the right."""
@@ -586,6 +814,7 @@ class CardiacUDATest(ScriptedLoadableModuleTest):
             return
         from CardiacUDASlicerLib.adaptation import WORK_DIR, AdaptationInputs, RunMode
         from CardiacUDASlicerLib.segmentations import load_segmentation_file
+        from CardiacUDASlicerLib.sources import SourcePair
         from CardiacUDASlicerLib.volumes import load_volume_file
 
         from CardiacUDALib.jobs import TrainJob
@@ -597,7 +826,7 @@ class CardiacUDATest(ScriptedLoadableModuleTest):
         source = load_volume_file(slicer.mrmlScene, phantom.source[0].image, "phantom source")
         target = load_volume_file(slicer.mrmlScene, phantom.target[0].image, "phantom target")
         labels = load_segmentation_file(phantom.source[0].label, source, slicer.modules.segmentations.logic())
-        inputs = AdaptationInputs(source, labels, [target])
+        inputs = AdaptationInputs([SourcePair(source, labels)], [target])
         job = TrainJob(
             "source_only",
             WORK_DIR,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from CardiacUDALib.errors import InputDataError
+
+_HASH_CHUNK_BYTES = 1 << 20
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
 
@@ -102,3 +105,12 @@ def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputDataError(f"{what} {folder} cannot be written: no write permission in {existing}")
     return folder
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in chunks so that large weights files need little memory."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -39,7 +39,6 @@ FORMAT_MARKER = "cardiac-uda-checkpoint"
 DIGEST_KEY = "content_sha256"
 _FIRST_VERSION_WITH_DIGEST = 2
 _JSON_FIELDS = ("method_config", "label_map", "preprocess", "metadata")
-_HASH_CHUNK_BYTES = 1 << 20
 # What torch.load raises for bytes that are not a complete torch file, depending on which layer notices
 # first (zip reader, legacy header, unpickler), and for a file that weights_only refuses to unpickle.
 _UNREADABLE_FILE_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, LookupError, ValueError, TypeError)
@@ -166,13 +165,4 @@ def content_sha256(payload: dict[str, Any]) -> str:
     """Hex SHA-256 of a checkpoint payload's content, independent of how ``torch.save`` laid it out."""
     digest = hashlib.sha256()
     _update_digest(digest, payload)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in chunks so that large weights files need little memory."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for chunk in iter(lambda: stream.read(_HASH_CHUNK_BYTES), b""):
-            digest.update(chunk)
     return digest.hexdigest()

@@ -1,4 +1,5 @@
-"""The ``cardiac-uda`` command: methods, phantom, train, segment, translate, evaluate, demo, benchmark.
+"""The ``cardiac-uda`` command: methods, phantom, train, segment, translate, evaluate, compare, demo,
+benchmark, models.
 
 Argument parsing and calls: every subcommand that has a job task builds its job
 (:mod:`CardiacUDALib.jobs`) and runs it with :func:`~CardiacUDALib.engine.run_job`, the path the
@@ -18,6 +19,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
 
 from CardiacUDALib.arguments import (
     cases_from_arguments,
@@ -36,6 +40,7 @@ from CardiacUDALib.preprocess import PreprocessConfig
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 PARTIAL_HINT = "the {} written so far are complete; run the same command again for all"
+RESUME_DOWNLOAD_HINT = "run the same command again to resume the download"
 
 
 # ---- subcommands ---------------------------------------------------------------------------------
@@ -106,11 +111,18 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_weights(args: argparse.Namespace) -> Path:
+    """``segment``'s checkpoint: ``--checkpoint FILE``, or ``--model ID`` (downloaded if need be)."""
+    return (
+        existing_path(args.checkpoint, "--checkpoint") if args.model is None else _resolve(args, args.model)
+    )
+
+
 def command_segment(args: argparse.Namespace) -> int:
     from CardiacUDALib.engine import run_job
 
     job = SegmentJob(
-        existing_path(args.checkpoint, "--checkpoint"),
+        _segment_weights(args),
         cases_from_arguments(args.images, "--images", labelled=False),
         Path(args.out),
         args.device,
@@ -193,6 +205,156 @@ def command_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    from CardiacUDALib.compare import segment_and_compare
+
+    checkpoints = [existing_path(path, "--checkpoint") for path in args.checkpoint]
+    checkpoints += [_resolve(args, model_id) for model_id in args.model]
+    cases = cases_from_arguments(args.target, "--target", labelled=False)
+    outcome = run_stoppable(
+        lambda emit, stop: segment_and_compare(
+            checkpoints,
+            cases,
+            Path(args.out),
+            args.device,
+            largest_component=not args.no_largest_component,
+            flip_averaging=not args.no_flip_averaging,
+            emit=emit,
+            should_stop=stop,
+        ),
+        PARTIAL_HINT.format("segmentations"),
+    )
+    print(outcome["table"].markdown(), end="")
+    for name, folder in outcome["results"].items():
+        print(f"{name}: segmentations in {folder}")
+    print(f"reliability maps and agreement.csv / .json / .md: {args.out}")
+    return 0
+
+
+class _DownloadBar:
+    """A tqdm bar of bytes on standard error, opened by the first progress call of a download."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=self.name
+            )
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _resolve(args: argparse.Namespace, model_id: str) -> Path:
+    """The local file of a manifest model, downloaded with a byte bar when need be.
+
+    Ctrl-C keeps the partial download and says how to resume.
+    """
+    from CardiacUDALib.weights import resolve_model
+
+    bar = _DownloadBar(model_id)
+    try:
+        return resolve_model(model_id, _manifest(args), progress=bar)
+    except KeyboardInterrupt:
+        raise StoppedByUser(f"download of {model_id!r} stopped; {RESUME_DOWNLOAD_HINT}") from None
+    finally:
+        bar.close()
+
+
+def _manifest(args: argparse.Namespace) -> Any:
+    from CardiacUDALib.weights import load_manifest
+
+    return load_manifest(None if args.manifest is None else Path(args.manifest))
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    from CardiacUDALib.weights import model_path
+
+    manifest = _manifest(args)
+    if not manifest.models:
+        print("the manifest lists no model")
+        return
+    rows = [("id", "title", "method", "source -> target", "mean Dice", "size", "local")]
+    for entry in manifest.models:
+        dice = entry.measured.get("mean_dice")
+        rows.append(
+            (
+                entry.id,
+                entry.title,
+                entry.method,
+                f"{entry.source_modality} -> {entry.target_modality}",
+                f"{dice:.3f}" if isinstance(dice, (int, float)) else "-",
+                f"{entry.size_bytes / 2**20:.1f} MB",
+                "yes" if model_path(entry) else "no",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _models_fetch(args: argparse.Namespace) -> None:
+    print(_resolve(args, args.id))
+
+
+def _models_import(args: argparse.Namespace) -> None:
+    from CardiacUDALib.weights import entry_for_file, import_file
+
+    manifest = _manifest(args)
+    path = existing_path(args.file, "FILE")
+    entry = manifest.entry(args.id) if args.id else entry_for_file(manifest, path)
+    if entry is None:
+        raise InputDataError(
+            f"{path} is no model of the manifest (no SHA-256 matches); give --id ID to say which"
+        )
+    print(import_file(path, entry))
+
+
+def _models_path(args: argparse.Namespace) -> None:
+    from CardiacUDALib.weights import model_path
+
+    path = model_path(_manifest(args).entry(args.id))
+    if path is None:
+        raise InputDataError(
+            f"model {args.id!r} is not on this computer: `cardiac-uda models fetch {args.id}` downloads it, "
+            f"`cardiac-uda models import FILE --id {args.id}` copies a file you have"
+        )
+    print(path)
+
+
+def _models_remove(args: argparse.Namespace) -> None:
+    from CardiacUDALib.weights import cache_dir, remove
+
+    removed = remove(_manifest(args).entry(args.id))
+    print(f"{'removed' if removed else 'no cached file of'} {args.id!r} in {cache_dir()}")
+
+
+def _models_clear(args: argparse.Namespace) -> None:
+    from CardiacUDALib.weights import cache_dir, clear
+
+    print(f"removed {clear()} file(s) from {cache_dir()}")
+
+
+MODEL_ACTIONS = {
+    "list": _models_list,
+    "fetch": _models_fetch,
+    "import": _models_import,
+    "path": _models_path,
+    "remove": _models_remove,
+    "clear": _models_clear,
+}
+
+
+def command_models(args: argparse.Namespace) -> int:
+    MODEL_ACTIONS[args.models_command](args)
+    return 0
+
+
 COMMANDS = {
     "methods": command_methods,
     "phantom": command_phantom,
@@ -202,6 +364,8 @@ COMMANDS = {
     "evaluate": command_evaluate,
     "demo": command_demo,
     "benchmark": command_benchmark,
+    "models": command_models,
+    "compare": command_compare,
 }
 
 

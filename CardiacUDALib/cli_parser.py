@@ -155,6 +155,47 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_manifest(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--manifest",
+        metavar="FILE",
+        default=None,
+        help="the pretrained-model manifest to read (default: the one shipped with CardiacUDA)",
+    )
+
+
+def _add_models(subparsers: argparse._SubParsersAction) -> None:
+    """``models list|fetch|import|path|remove|clear``: the pretrained-model catalog and its cache."""
+    models = _subparser(
+        subparsers,
+        "models",
+        "Pretrained models: list them, download or import them into the cache, remove them.",
+        "cardiac-uda models list",
+        "cardiac-uda models fetch MODEL_ID",
+        "cardiac-uda models import downloaded.pt --id MODEL_ID",
+        "cardiac-uda segment --model MODEL_ID --images data/lge --out segmented",
+    )
+    actions = models.add_subparsers(dest="models_command", required=True, metavar="action")
+    for name, summary in (
+        ("list", "List the models: id, title, method, source -> target, measured Dice, size, local copy."),
+        ("fetch", "Download a model into the cache (resumes a broken download; SHA-256 checked)."),
+        ("import", "Copy a model file into the cache without network (SHA-256 checked)."),
+        ("path", "Print the local file of a model."),
+        ("remove", "Delete a model's cached file."),
+        ("clear", "Delete every file of the cache."),
+    ):
+        action = actions.add_parser(name, help=summary, description=summary)
+        if name != "clear":
+            _add_manifest(action)
+        if name in ("fetch", "path", "remove"):
+            action.add_argument("id", metavar="ID", help="model id (see `cardiac-uda models list`)")
+        if name == "import":
+            action.add_argument("file", metavar="FILE", help="the model file")
+            action.add_argument(
+                "--id", default=None, help="the model it is (default: the model whose SHA-256 it has)"
+            )
+
+
 def _add_inference(subparsers: argparse._SubParsersAction, task: str) -> None:
     if task == "segment":
         summary = (
@@ -162,13 +203,24 @@ def _add_inference(subparsers: argparse._SubParsersAction, task: str) -> None:
         )
     else:
         summary = "Translate source volumes to the target appearance (methods with a generator)."
-    parser = _subparser(
-        subparsers,
-        task,
-        summary,
-        f"cardiac-uda {task} --checkpoint runs/adabn/checkpoints/best.pt --images phantom/target --out {task}ed",
+    examples = [
+        f"cardiac-uda {task} --checkpoint runs/adabn/checkpoints/best.pt "
+        f"--images phantom/target --out {task}ed"
+    ]
+    if task == "segment":
+        examples.append("cardiac-uda segment --model MODEL_ID --images data/lge --out segmented")
+    parser = _subparser(subparsers, task, summary, *examples)
+    weights = parser.add_mutually_exclusive_group(required=True) if task == "segment" else parser
+    weights.add_argument(
+        "--checkpoint", required=task != "segment", metavar="FILE", help="a checkpoint (.pt) from train"
     )
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="a checkpoint (.pt) from train")
+    if task == "segment":
+        weights.add_argument(
+            "--model",
+            metavar="ID",
+            help="a pretrained model (see `cardiac-uda models list`), downloaded when not yet local",
+        )
+        _add_manifest(parser)
     parser.add_argument(
         "--images",
         nargs="+",
@@ -180,6 +232,47 @@ def _add_inference(subparsers: argparse._SubParsersAction, task: str) -> None:
     _add_device(parser)
     if task == "segment":
         _add_postprocessing_options(parser)
+
+
+def _add_compare(subparsers: argparse._SubParsersAction) -> None:
+    parser = _subparser(
+        subparsers,
+        "compare",
+        "Segment target volumes with several models and show where they agree: a reliability map per volume "
+        "(the fraction of the results that differ from the majority label) and the Dice of each pair of results.",
+        "cardiac-uda compare --checkpoint runs/source_only/checkpoints/best.pt "
+        "--checkpoint runs/adabn/checkpoints/best.pt --target phantom/target --out compared",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a checkpoint (.pt) from train; repeat it for each model",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a pretrained model (see `cardiac-uda models list`), downloaded when not yet local; repeatable",
+    )
+    _add_manifest(parser)
+    parser.add_argument(
+        "--target",
+        nargs="+",
+        required=True,
+        metavar="INPUT",
+        help="target image files or folders of cases (labels ignored)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: one segmentation folder per model, <case>_reliability.nii.gz, agreement.csv/.json/.md",
+    )
+    _add_device(parser)
+    _add_postprocessing_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_inference(subparsers, "segment")
     _add_inference(subparsers, "translate")
+    _add_models(subparsers)
+    _add_compare(subparsers)
 
     evaluate = _subparser(
         subparsers,

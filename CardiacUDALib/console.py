@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -15,10 +15,35 @@ from CardiacUDALib.errors import CardiacUDAError
 RESUME_HINT = "the last checkpoint is saved: run the same command again to resume"
 
 
-class ProgressPrinter:
-    """Shows engine events: a tqdm bar for progress, lines above it for status and validation."""
+# Characters of loss terms in the bar's postfix: the bar, its count and elapsed<remaining time still fit
+# an 80-column terminal. Terms past the budget are left out of the bar (all of them are in history.json).
+POSTFIX_WIDTH = 24
 
-    def __init__(self) -> None:
+
+def losses_postfix(losses: Mapping[str, float], width: int = POSTFIX_WIDTH) -> str:
+    """``loss=0.516, dice=0.335``: the total ``loss`` first, then the other terms while they fit ``width``."""
+    names = sorted(losses, key=lambda name: name != "loss")
+    terms = [f"{name}={losses[name]:.3g}" for name in names]
+    shown = terms[:1]
+    for term in terms[1:]:
+        if len(", ".join([*shown, term])) > width:
+            break
+        shown.append(term)
+    return ", ".join(shown)
+
+
+class ProgressPrinter:
+    """Shows engine events: a tqdm bar (with the remaining time) for progress, whole lines for the rest.
+
+    Status, validation and result lines go through ``tqdm.write``, so an open bar is cleared and drawn
+    again below them; a bar that reaches its total is closed at once, so the lines of the next stage
+    come after it instead of under a stale bar. ``stream`` defaults to stderr; ``ncols`` (default: the
+    terminal's width) fixes the bar's width.
+    """
+
+    def __init__(self, stream: TextIO | None = None, ncols: int | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.ncols = ncols
         self.bar: tqdm | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -26,25 +51,40 @@ class ProgressPrinter:
         if kind == "progress":
             self._progress(event)
         elif kind == "status":
-            tqdm.write(str(event["message"]), file=sys.stderr)
+            self.line(str(event["message"]))
         elif kind == "validation":
             scores = ", ".join(f"{name} {value:.3f}" for name, value in event["dice"].items())
             after = f" after {event['after']}" if event.get("after") else ""
-            tqdm.write(f"validation Dice at step {event['step']}{after}: {scores}", file=sys.stderr)
+            self.line(f"validation Dice at step {event['step']}{after}: {scores}")
         elif kind == "trained":
             self.close()
-            tqdm.write(f"trained: {event['selection']}", file=sys.stderr)
+            self.line(f"trained: {event['selection']}")
+
+    def line(self, text: str) -> None:
+        """``text`` on a line of its own, above the open bar if there is one."""
+        tqdm.write(text, file=self.stream)
 
     def _progress(self, event: dict[str, Any]) -> None:
         total, step = int(event["total"]), int(event["step"])
         if self.bar is None or self.bar.total != total or step < self.bar.n:
             self.close()
-            self.bar = tqdm(total=total, file=sys.stderr, unit="step" if event.get("losses") else "volume")
+            # Steps done before the first event are not timed: starting the bar there keeps them out
+            # of the rate, and so out of the remaining time.
+            self.bar = tqdm(
+                total=total,
+                initial=step,
+                file=self.stream,
+                ncols=self.ncols,
+                unit="step" if event.get("losses") else "volume",
+            )
         self.bar.update(step - self.bar.n)
         if event.get("case"):
-            self.bar.set_description(str(event["case"]))
+            self.bar.set_description(str(event["case"]), refresh=False)
         if event.get("losses"):
-            self.bar.set_postfix({name: f"{value:.3g}" for name, value in event["losses"].items()})
+            self.bar.set_postfix_str(losses_postfix(event["losses"]), refresh=False)
+        self.bar.refresh()
+        if step >= total:
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -113,9 +113,23 @@ def parse_label_map(spec: str) -> LabelMap:
     return LabelMap("custom", tuple(values), tuple(names))
 
 
+def _dicom_series_ids(folder: Path) -> tuple[str, ...]:
+    """The DICOM series IDs in ``folder``, found without ITK's warnings.
+
+    ITK prints "No Series were found" on stderr for every plain folder, which breaks into the CLI's
+    progress output; the callers say themselves what is wrong with a folder.
+    """
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def _read_series_folder(folder: Path) -> sitk.Image:
     """The one DICOM series in ``folder``; several series are ambiguous, so the user must pick one."""
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    series_ids = _dicom_series_ids(folder)
     if not series_ids:
         raise InputDataError(
             f"{folder} is a folder without a DICOM series; give an image file or a DICOM folder"
@@ -333,4 +347,4 @@ def load_case(case: VolumeCase, label_map: LabelMap) -> tuple[sitk.Image, sitk.I
 
 def is_dicom_series_folder(path: Path) -> bool:
     """A folder that holds a DICOM series (and is therefore one image, not a folder of cases)."""
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    return path.is_dir() and bool(_dicom_series_ids(path))

@@ -89,6 +89,17 @@ def _require_same_shape(prediction: np.ndarray, reference: np.ndarray) -> None:
         )
 
 
+def dice_coefficient(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice ``2|P∩R| / (|P| + |R|)`` of two masks of one structure; 1.0 when both are empty."""
+    predicted_mask = np.asarray(prediction, dtype=bool)
+    reference_mask = np.asarray(reference, dtype=bool)
+    _require_same_shape(predicted_mask, reference_mask)
+    voxels = int(np.count_nonzero(predicted_mask)) + int(np.count_nonzero(reference_mask))
+    if voxels == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(predicted_mask & reference_mask)) / voxels
+
+
 def score_structure(
     prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, float, float]
 ) -> StructureScore:
@@ -106,8 +117,7 @@ def score_structure(
         return StructureScore(1.0, 0.0, 0.0, reference_voxels, predicted_voxels)
     if predicted_voxels == 0 or reference_voxels == 0:
         return StructureScore(0.0, math.nan, math.nan, reference_voxels, predicted_voxels)
-    overlap = int(np.count_nonzero(predicted_mask & reference_mask))
-    dice = 2.0 * overlap / (predicted_voxels + reference_voxels)
+    dice = dice_coefficient(predicted_mask, reference_mask)
     # Cropping to the bounding box of both masks changes no distance (all surface voxels lie inside it)
     # and keeps the distance transforms cheap for small structures in large volumes.
     union_box = ndimage.find_objects((predicted_mask | reference_mask).astype(np.uint8))[0]

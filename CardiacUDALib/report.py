@@ -8,7 +8,7 @@ written through :func:`~CardiacUDALib.atomic.atomic_path` like every other outpu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,71 @@ def _show_panel(
     axes.set_axis_off()
 
 
+@dataclass(frozen=True)
+class OverlayRow:
+    """One row of an overlay grid: a volume, its reference and predictions (classes on the image grid).
+
+    ``titles`` gives the panel title of ``"reference"`` and of each prediction name (default: the name);
+    the image panel is titled with ``name`` and the slice shown.
+    """
+
+    name: str
+    image: sitk.Image
+    reference: sitk.Image | None
+    predictions: Mapping[str, sitk.Image]
+    titles: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _OverlaySlice:
+    """The slice of a row that its panels show: grey pixels, their display, and each label image's classes."""
+
+    index: int
+    pixels: np.ndarray
+    aspect: float
+    window: tuple[float, float]
+    classes: dict[str, np.ndarray]
+
+
+def _overlay_slice(row: OverlayRow) -> _OverlaySlice:
+    """The slice with the largest reference area (largest predicted area without a reference) of ``row``."""
+    for name, labels in [("reference", row.reference), *row.predictions.items()]:
+        if labels is not None:
+            check_same_geometry(row.image, labels, f"the {name} label image of the overlay")
+    axis = slice_axis(row.image)
+    label_volumes = {"reference": row.reference} if row.reference is not None else {}
+    label_volumes.update(row.predictions)
+    if not label_volumes:
+        raise ValueError("an overlay needs a reference or at least one prediction")
+    class_arrays = {name: _classes(labels) for name, labels in label_volumes.items()}
+    chosen_by = [class_arrays["reference"]] if row.reference is not None else list(class_arrays.values())
+    index = most_labelled_slice(chosen_by, axis)
+    pixels = np.take(sitk.GetArrayViewFromImage(row.image), index, axis=axis)
+    return _OverlaySlice(
+        index,
+        pixels,
+        _display_aspect(row.image, axis),
+        _display_window(pixels),
+        {name: np.take(array, index, axis=axis) for name, array in class_arrays.items()},
+    )
+
+
+def _show_overlay_row(
+    panels: Sequence[Axes], shown: _OverlaySlice, colours: np.ndarray, titles: Sequence[str]
+) -> None:
+    """The grey slice alone, then the slice under each label image of ``shown``; ``titles`` in that order."""
+    for axes, classes, title in zip(panels, [None, *shown.classes.values()], titles):
+        _show_panel(axes, shown.pixels, shown.window, classes, colours, shown.aspect, title)
+
+
+def _add_structure_legend(figure: Figure, colours: np.ndarray, label_map: LabelMap) -> None:
+    legend = [
+        Patch(facecolor=colours[index], edgecolor="none", label=name)
+        for index, name in enumerate(label_map.class_names, start=1)
+    ]
+    figure.legend(handles=legend, loc="lower center", ncol=len(legend), frameon=False)
+
+
 def overlay_png(
     image: sitk.Image,
     reference: sitk.Image | None,
@@ -162,33 +227,40 @@ def overlay_png(
     image's grid. The slice is the one with the largest reference area, or the largest predicted area
     when there is no reference, so that the figure shows the heart rather than an empty apex.
     """
-    for name, labels in [("reference", reference), *predictions.items()]:
-        if labels is not None:
-            check_same_geometry(image, labels, f"the {name} label image of the overlay")
-    axis = slice_axis(image)
-    label_volumes = {"reference": reference} if reference is not None else {}
-    label_volumes.update(predictions)
-    if not label_volumes:
-        raise ValueError("an overlay needs a reference or at least one prediction")
-    class_arrays = {name: _classes(labels) for name, labels in label_volumes.items()}
-    chosen_by = [class_arrays["reference"]] if reference is not None else list(class_arrays.values())
-    slice_index = most_labelled_slice(chosen_by, axis)
-    pixels = np.take(sitk.GetArrayViewFromImage(image), slice_index, axis=axis)
-    aspect = _display_aspect(image, axis)
-    window = _display_window(pixels)
+    shown = _overlay_slice(OverlayRow(title, image, reference, predictions))
     colours = _colour_table(label_map.num_classes)
+    figure = Figure(figsize=(3.2 * (1 + len(shown.classes)), 3.8))
+    panels = np.atleast_1d(figure.subplots(1, 1 + len(shown.classes)))
+    _show_overlay_row(panels, shown, colours, ["image", *shown.classes])
+    _add_structure_legend(figure, colours, label_map)
+    figure.suptitle(f"{title}, slice {shown.index}")
+    return _save_figure(figure, path)
 
-    figure = Figure(figsize=(3.2 * (1 + len(class_arrays)), 3.8))
-    panels = np.atleast_1d(figure.subplots(1, 1 + len(class_arrays)))
-    _show_panel(panels[0], pixels, window, None, colours, aspect, "image")
-    for axes, (name, array) in zip(panels[1:], class_arrays.items()):
-        _show_panel(axes, pixels, window, np.take(array, slice_index, axis=axis), colours, aspect, name)
-    legend = [
-        Patch(facecolor=colours[index], edgecolor="none", label=name)
-        for index, name in enumerate(label_map.class_names, start=1)
-    ]
-    figure.legend(handles=legend, loc="lower center", ncol=len(legend), frameon=False)
-    figure.suptitle(f"{title}, slice {slice_index}")
+
+def overlay_grid_png(rows: Sequence[OverlayRow], label_map: LabelMap, path: str | Path, title: str) -> Path:
+    """One row per volume: its image, then its reference and predictions drawn over the same slice.
+
+    Every row must have the same label images (reference or not, the same prediction names), so that
+    each column shows one kind of label image.
+    """
+    if not rows:
+        raise ValueError("an overlay grid needs at least one row")
+    shown = [_overlay_slice(row) for row in rows]
+    columns = list(shown[0].classes)
+    if any(list(row_slice.classes) != columns for row_slice in shown):
+        raise ValueError(f"every row of an overlay grid needs the label images {columns}")
+    colours = _colour_table(label_map.num_classes)
+    height = 3.65 * len(rows) + 1.1  # inches: square panels with two title lines, suptitle, legend
+    figure = Figure(figsize=(3.2 * (1 + len(columns)), height))
+    figure.subplots_adjust(
+        left=0.01, right=0.99, top=1 - 1.2 / height, bottom=0.5 / height, hspace=0.2, wspace=0.05
+    )
+    panel_rows = np.atleast_2d(figure.subplots(len(rows), 1 + len(columns)))
+    for panels, row, row_slice in zip(panel_rows, rows, shown):
+        titles = [f"{row.name}, slice {row_slice.index}", *(row.titles.get(name, name) for name in columns)]
+        _show_overlay_row(panels, row_slice, colours, titles)
+    _add_structure_legend(figure, colours, label_map)
+    figure.suptitle(title)
     return _save_figure(figure, path)
 
 

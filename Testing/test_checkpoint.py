@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from CardiacUDALib.atomic import file_sha256
 from CardiacUDALib.checkpoint import (
     DIGEST_KEY,
     FORMAT_MARKER,
     FORMAT_VERSION,
     Checkpoint,
-    file_sha256,
     load_checkpoint,
     save_checkpoint,
 )

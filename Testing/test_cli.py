@@ -7,6 +7,7 @@ slower, and these tests only check protocol and files, not speed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from CardiacUDALib.benchmark import run_benchmark
 from CardiacUDALib.benchmark.splits import mscmrseg_split
 from CardiacUDALib.cases import find_cases
 from CardiacUDALib.checkpoint import load_checkpoint
+from CardiacUDALib.console import ProgressPrinter, losses_postfix
 from CardiacUDALib.demo import run_demo
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
 from CardiacUDALib.jobs import TrainJob
@@ -340,3 +342,64 @@ def test_benchmark_command_without_data_says_how_to_give_it(capsys, monkeypatch)
     monkeypatch.delenv("CARDIACUDA_DATA", raising=False)
     assert cli.main(["benchmark", "--method", "source_only", "--out", "x"]) == 1
     assert "--data DIR or the CARDIACUDA_DATA variable" in capsys.readouterr().err
+
+
+def terminal_lines(written: str) -> list[str]:
+    """What a terminal shows for ``written``: each carriage return starts the line over, overwriting it."""
+    lines = []
+    for raw in written.split("\n"):
+        shown: list[str] = []
+        for part in raw.split("\r"):
+            shown[: len(part)] = part
+        lines.append("".join(shown).rstrip())
+    return [line for line in lines if line]
+
+
+def progress(step: int, total: int, **fields: object) -> dict[str, object]:
+    return {"event": "progress", "step": step, "total": total, **fields}
+
+
+def test_progress_printer_keeps_lines_out_of_bars_and_shows_the_remaining_time():
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream, ncols=80)
+    losses = {
+        "cross_entropy": 0.125,
+        "dice": 0.366,
+        "pseudo_label": 0.0513,
+        "confident": 0.724,
+        "loss": 0.542,
+    }
+    # A demo between two methods: the first method's segmentation bar ends, the next method loads its
+    # volumes (status lines) and trains (a step bar with five loss terms) with validation in between.
+    for step in (1, 2, 3):
+        printer(progress(step, 3, case=f"case00{step}", losses={}))
+    statuses = ["training gin_ipa", "loaded case000 (1/2)", "loaded case001 (2/2)"]
+    for message in statuses:
+        printer({"event": "status", "message": message})
+    printer(progress(10, 100, losses=losses))
+    time.sleep(0.05)
+    printer(progress(20, 100, losses=losses))
+    printer({"event": "validation", "step": 20, "dice": {"MYO": 0.5, "mean": 0.5}})
+    time.sleep(0.05)
+    printer(progress(30, 100, losses=losses))
+    printer.close()
+
+    lines = terminal_lines(stream.getvalue())
+    validation = "validation Dice at step 20: MYO 0.500, mean 0.500"
+    assert lines[0].startswith("case003: 100%") and "3/3" in lines[0]  # the finished bar stays, once
+    assert lines[1:4] == statuses  # each status on its own line, after the bar that ended before it
+    assert lines[4] == validation
+    assert len(lines) == 6 and "30/100" in lines[5]  # the open step bar, drawn below every line
+    assert not any(message in line for line in (lines[0], lines[5]) for message in [*statuses, validation])
+    step_bar = lines[5]
+    assert len(step_bar) <= 80
+    assert re.search(r"30/100 \[\d\d:\d\d<\d\d:\d\d, ", step_bar), step_bar  # elapsed<remaining
+    assert "loss=0.542" in step_bar and "|" in step_bar  # the total loss first, and a drawn bar
+
+
+def test_losses_postfix_puts_the_total_first_and_keeps_to_its_width():
+    losses = {"cross_entropy": 0.125, "dice": 0.366, "loss": 0.542}
+    assert losses_postfix(losses, width=24) == "loss=0.542"
+    assert losses_postfix(losses, width=33) == "loss=0.542, cross_entropy=0.125"
+    assert losses_postfix(losses, width=80) == "loss=0.542, cross_entropy=0.125, dice=0.366"
+    assert losses_postfix({"adversarial": -0.25}, width=5) == "adversarial=-0.25"  # one term always shows

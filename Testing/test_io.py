@@ -238,9 +238,12 @@ def test_folder_with_two_dicom_series_lists_them(tmp_path: Path) -> None:
         read_image(tmp_path / "mixed")
 
 
-def test_folder_without_dicom_raises(tmp_path: Path) -> None:
+def test_folder_without_dicom_raises(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(InputDataError, match="without a DICOM series"):
         read_image(tmp_path)
+    assert not io.is_dicom_series_folder(tmp_path)
+    assert "No Series were found" not in capfd.readouterr().err  # ITK's warning stays off the console
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()  # and ITK's other warnings are shown again
 
 
 def test_2d_and_4d_images_are_refused(tmp_path: Path) -> None:

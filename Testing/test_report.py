@@ -12,9 +12,11 @@ from CardiacUDALib.io import load_case
 from CardiacUDALib.metrics import EvaluationTable, StructureScore
 from CardiacUDALib.report import (
     AnchorRow,
+    OverlayRow,
     TranslationExample,
     comparison_markdown,
     most_labelled_slice,
+    overlay_grid_png,
     overlay_png,
     plot_training_curve,
     slice_axis,
@@ -82,6 +84,23 @@ def test_overlay_has_one_column_per_label_image_and_refuses_another_grid(tiny_ph
     other_grid.SetOrigin([value + 5.0 for value in reference.GetOrigin()])
     with pytest.raises(InputDataError, match="does not lie on the image grid"):
         overlay_png(image, reference, {"a": other_grid}, label_map, tmp_path / "bad.png", "case")
+
+
+def test_overlay_grid_has_a_row_per_volume_and_refuses_rows_with_other_label_images(
+    tiny_phantom, label_map, tmp_path
+):
+    image, reference = load_case(tiny_phantom.target[0], label_map)
+    shifted = sitk.BinaryDilate(reference, [1, 1, 0])
+    row = OverlayRow("t0", image, reference, {"a": shifted}, {"a": "a, Dice %\nMYO 50.0"})
+    one = _png_size(overlay_grid_png([row], label_map, tmp_path / "one.png", "grid"))
+    two = _png_size(overlay_grid_png([row, row], label_map, tmp_path / "two.png", "grid"))
+    assert one[0] > 3 * 200 and two[0] == one[0]  # image, reference, prediction side by side
+    assert two[1] > one[1] + 200  # a row more
+    without_reference = OverlayRow("t1", image, None, {"a": shifted})
+    with pytest.raises(ValueError, match="every row of an overlay grid needs the label images"):
+        overlay_grid_png([row, without_reference], label_map, tmp_path / "bad.png", "grid")
+    with pytest.raises(ValueError, match="at least one row"):
+        overlay_grid_png([], label_map, tmp_path / "empty.png", "grid")
 
 
 def test_translation_grid_has_three_panels_per_row_and_refuses_a_translation_off_the_source_grid(

@@ -21,6 +21,7 @@ from bad_files import Files, write_bad_files
 from CardiacUDASlicerLib.adaptation import WORK_DIR, AdaptationInputs, RunMode, prepare_run
 from CardiacUDASlicerLib.execution import RunExecution
 from CardiacUDASlicerLib.segmentations import load_segmentation_file
+from CardiacUDASlicerLib.sources import SourcePair
 from CardiacUDASlicerLib.volumes import add_volume_node, load_volume_file
 
 from CardiacUDALib.errors import InputDataError
@@ -95,7 +96,9 @@ def _job(**overrides: object) -> TrainJob:
 def _inputs(mrml, files: Files, target: Path | None = None) -> AdaptationInputs:
     source = load_volume_file(mrml.scene, files.source[0], "bSSFP")
     labels = load_segmentation_file(files.source[1], source, mrml.segmentations_logic)
-    return AdaptationInputs(source, labels, [load_volume_file(mrml.scene, target or files.target, "LGE")])
+    return AdaptationInputs(
+        [SourcePair(source, labels)], [load_volume_file(mrml.scene, target or files.target, "LGE")]
+    )
 
 
 def test_a_target_node_with_nan_voxels_is_refused_by_name_before_anything_is_written(mrml, files, tmp_path):
@@ -113,7 +116,7 @@ def test_a_target_node_with_nan_voxels_is_refused_by_name_before_anything_is_wri
 
 def test_an_empty_source_segmentation_is_refused_by_name(mrml, files, tmp_path):
     inputs = _inputs(mrml, files)
-    inputs.source_segmentation.GetSegmentation().RemoveAllSegments()
+    inputs.sources[0].segmentation.GetSegmentation().RemoveAllSegments()
     with pytest.raises(InputDataError, match="contains no labelled voxel|no segment"):
         prepare_run(inputs, _job(), RunMode.TRAIN, tmp_path / "run", mrml.segmentations_logic)
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from slicer_fixtures import MODULE_FOLDER, mrml_fixture  # noqa: F401  (the mrml fixture)
 
 # isort: split
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from CardiacUDASlicerLib.adaptation import MANIFEST_NAME
+
+from CardiacUDALib.jobs import parse_job
 
 BATCH_SCRIPT = MODULE_FOLDER / "Scripts" / "batch.py"
 TINY_TRAINING = (
@@ -40,15 +44,16 @@ def run_batch(*arguments: object) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(tiny_phantom, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One tiny source_only run on two targets (a few seconds of training)."""
+    """One tiny source_only run from two source pairs on two targets (a few seconds of training)."""
     out = tmp_path_factory.mktemp("batch")
-    source = tiny_phantom.source[0]
+    sources = [
+        argument
+        for case in tiny_phantom.source[:2]
+        for argument in ("--source", case.image, "--source-seg", case.label)
+    ]
     targets = [argument for case in tiny_phantom.target[:2] for argument in ("--target", case.image)]
     completed = run_batch(
-        "--source",
-        source.image,
-        "--source-seg",
-        source.label,
+        *sources,
         *targets,
         "--method",
         "source_only",
@@ -83,6 +88,14 @@ def test_batch_writes_seg_nrrd_files_that_reload_with_the_same_segments_and_geom
         np.testing.assert_allclose(written.GetOrigin(), target.GetOrigin(), atol=1e-9)
         np.testing.assert_allclose(written.GetDirection(), target.GetDirection(), atol=1e-9)
         assert set(np.unique(sitk.GetArrayFromImage(written))) <= {0, 200, 500, 600}
+
+
+def test_two_source_pairs_make_a_job_with_two_sources(trained, tiny_phantom):
+    out, completed = trained
+    assert completed.returncode == 0, completed.stderr
+    job = parse_job(json.loads((out / "run" / MANIFEST_NAME).read_text())["job"])
+    assert [case.name for case in job.source] == ["case000_image", "case001_image"]
+    assert all(case.label is not None and case.label.is_file() for case in job.source)
 
 
 def test_adapt_instantly_from_the_trained_weights(trained, tiny_phantom, tmp_path):

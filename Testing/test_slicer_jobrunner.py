@@ -24,6 +24,7 @@ from CardiacUDASlicerLib.adaptation import (
 from CardiacUDASlicerLib.execution import RunExecution
 from CardiacUDASlicerLib.jobrunner import STOP_FILE_NAME, WorkerJob, seconds_per_step
 from CardiacUDASlicerLib.segmentations import load_segmentation_file
+from CardiacUDASlicerLib.sources import SourcePair
 from CardiacUDASlicerLib.volumes import load_volume_file
 
 from CardiacUDALib.checkpoint import load_checkpoint
@@ -91,7 +92,7 @@ def test_cancel_keeps_a_checkpoint_leaves_no_process_and_the_run_resumes(mrml, t
         overrides={"iterations": 100, "batch_size": 2, "validate_every": 1000, "checkpoint_every": 1000},
     )
     run = prepare_run(
-        AdaptationInputs(source, labels, [target]),
+        AdaptationInputs([SourcePair(source, labels)], [target]),
         job,
         RunMode.TRAIN,
         tmp_path / "run",

@@ -24,6 +24,7 @@ from CardiacUDASlicerLib.segmentations import (
     label_map_from_segmentation,
     segmentation_from_label_image,
 )
+from CardiacUDASlicerLib.sources import SourcePair
 from CardiacUDASlicerLib.tables import MEAN_ROW_NAME, metrics_table_node
 from CardiacUDASlicerLib.terminology import TERMINOLOGY_FILE, cardiac_structures
 from CardiacUDASlicerLib.volumes import add_volume_node, image_on_volume_grid
@@ -184,7 +185,7 @@ def test_an_empty_segmentation_is_refused(mrml, tmp_path):
         "empty",
         mrml.segmentations_logic,
     )
-    inputs = AdaptationInputs(source, empty, [target])
+    inputs = AdaptationInputs([SourcePair(source, empty)], [target])
     with pytest.raises(InputDataError, match="contains no labelled voxel.*paint the structures"):
         prepare_run(
             inputs, TrainJob("source_only", WORK_DIR), RunMode.TRAIN, tmp_path, mrml.segmentations_logic
@@ -199,7 +200,7 @@ def test_no_target_volume_says_what_is_missing(mrml, tmp_path):
     labels = segmentation_from_label_image(
         label_image_on(source, labels_200_500_600()), MSCMRSEG, source, "labels", mrml.segmentations_logic
     )
-    inputs = AdaptationInputs(source, labels, [])
+    inputs = AdaptationInputs([SourcePair(source, labels)], [])
     assert missing_inputs(inputs, RunMode.TRAIN, None) == [
         "at least one target volume (an unlabelled image of the other domain)"
     ]

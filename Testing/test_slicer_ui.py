@@ -19,6 +19,11 @@ UI_FILE = MODULE / "Resources" / "UI" / "CardiacUDA.ui"
 EXPECTED_CLASSES = {  # what the module code does with each widget decides its class
     "sourceVolumeSelector": "qMRMLNodeComboBox",
     "sourceSegmentationSelector": "qMRMLNodeComboBox",
+    "addSourcePairButton": "QPushButton",
+    "removeSourcePairsButton": "QPushButton",
+    "addScenePairsButton": "QPushButton",
+    "addSourceFolderButton": "QPushButton",
+    "sourcePairsTable": "QTableWidget",  # setRowCount(), setItem(), selectionModel()
     "targetVolumesSelector": "qMRMLCheckableNodeComboBox",  # checkedNodes(), setCheckState()
     "referenceSegmentationSelector": "qMRMLNodeComboBox",
     "roiSelector": "qMRMLNodeComboBox",
@@ -33,16 +38,24 @@ EXPECTED_CLASSES = {  # what the module code does with each widget decides its c
     "loadRunButton": "QPushButton",
     "progressBar": "QProgressBar",
     "logTextEdit": "QPlainTextEdit",  # appendPlainText()
+    "modelComboBox": "QComboBox",
+    "modelDownloadButton": "QPushButton",
+    "modelImportButton": "QPushButton",
+    "modelCancelButton": "QPushButton",
+    "modelProgressBar": "QProgressBar",
     "checkpointPathLineEdit": "ctkPathLineEdit",  # currentPath, currentPathChanged
     "checkpointInfoLabel": "QLabel",
     "segmentWithModelButton": "QPushButton",
     "adaptInstantlyButton": "QPushButton",
+    "selfTrainButton": "QPushButton",
     "openCacheButton": "QPushButton",
     "clearCacheButton": "QPushButton",
     "outputsCollapsibleButton": "ctkCollapsibleButton",  # collapsed
     "outputSegmentationSelector": "qMRMLNodeComboBox",
     "translatedVolumeSelector": "qMRMLNodeComboBox",
     "metricsTableSelector": "qMRMLNodeComboBox",
+    "compareSegmentationsSelector": "qMRMLCheckableNodeComboBox",  # checkedNodes()
+    "compareButton": "QPushButton",
 }
 
 

@@ -3,7 +3,9 @@
 A run lives in one folder::
 
     run.json                  what was asked (mode, method, label map, cases) and what came out
-    inputs/                   the nodes as NRRD files (exact geometry), cropped to the ROI where one was given
+    inputs/                   the nodes as NRRD files (exact geometry), cropped to the ROI where one was given:
+                              source_<case>.nrrd + source_<case>_label.nrrd per source pair, <case>.nrrd
+                              (+ <case>_reference.nrrd) per target
     jobs/main.json            the train / segment job; jobs/evaluate.json when reference segmentations exist
     work/                     the library's out_dir: checkpoints/, segmentations/, translations/, STOP
     evaluation/metrics.json   per-volume Dice / ASSD / HD95
@@ -11,6 +13,9 @@ A run lives in one folder::
 Running the same ``jobs/main.json`` again resumes a stopped training (the library resumes from
 ``work/checkpoints/last.pt``), and :func:`import_results` loads the results of any finished run again,
 reading the target volumes from ``inputs/`` when they are no longer in the scene.
+
+A training reads every source pair; the first one is also translated (methods with a generator), to
+show side by side what the method made of the source.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import slicer
 
 from CardiacUDALib.atomic import write_json_atomic
-from CardiacUDALib.cases import SEGMENTATION_TAG, VolumeCase, case_name_of_output
+from CardiacUDALib.cases import SEGMENTATION_TAG, TRANSLATION_TAG, VolumeCase, case_name_of_output
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LabelMap, check_label_not_empty, write_image
 from CardiacUDALib.jobs import EvaluateJob, SegmentJob, TrainJob, parse_job
@@ -36,6 +41,7 @@ from CardiacUDASlicerLib.segmentations import (
     label_map_from_segmentation,
     segmentation_from_label_image,
 )
+from CardiacUDASlicerLib.sources import SourcePair
 from CardiacUDASlicerLib.tables import metrics_table_node
 from CardiacUDASlicerLib.volumes import (
     add_volume_node,
@@ -54,15 +60,17 @@ class RunMode(enum.Enum):
 
     TRAIN = "train"  # train the method (or resume it), then segment the targets and translate the source
     ADAPT = "adapt"  # adapt trained weights to the targets without training (AdaBN), then segment
+    REFINE = "refine"  # train a method that starts from the weights (self-training), then segment
     SEGMENT = "segment"  # segment (and translate) with trained weights as they are
 
 
 @dataclass
 class AdaptationInputs:
-    """The nodes a run reads; a reference segmentation per target (by node ID) enables the Dice table."""
+    """The nodes a run reads: the labelled source pairs (each volume with its segmentation, see
+    :mod:`CardiacUDASlicerLib.sources`) and the targets; a reference segmentation per target (by node ID)
+    enables the Dice table."""
 
-    source_volume: slicer.vtkMRMLScalarVolumeNode | None = None
-    source_segmentation: slicer.vtkMRMLSegmentationNode | None = None
+    sources: list[SourcePair] = field(default_factory=list)
     target_volumes: list[slicer.vtkMRMLScalarVolumeNode] = field(default_factory=list)
     reference_segmentations: dict[str, slicer.vtkMRMLSegmentationNode] = field(default_factory=dict)
     roi: slicer.vtkMRMLMarkupsROINode | None = None
@@ -75,21 +83,22 @@ def job_for_mode(mode: RunMode, job: TrainJob) -> TrainJob | SegmentJob:
         return SegmentJob(job.initial_checkpoint, [], WORK_DIR / "segmentations", job.device)
     if mode is RunMode.ADAPT:  # the method's stages (AdaBN) on the weights, no training step
         return dataclasses.replace(job, out_dir=WORK_DIR, overrides={**job.overrides, "iterations": 0})
+    if mode is RunMode.REFINE:  # trains, starting from the weights
+        return dataclasses.replace(job, out_dir=WORK_DIR)
     return dataclasses.replace(job, out_dir=WORK_DIR, initial_checkpoint=None)
 
 
 def needs_source(mode: RunMode) -> bool:
-    """Only training reads the labelled source; AdaBN from weights (``iterations=0``) needs targets alone."""
-    return mode is RunMode.TRAIN
+    """Training (from scratch or from weights) reads the labelled sources; AdaBN from weights
+    (``iterations=0``) and segmenting need targets alone."""
+    return mode in (RunMode.TRAIN, RunMode.REFINE)
 
 
 def missing_inputs(inputs: AdaptationInputs, mode: RunMode, weights: Path | None) -> list[str]:
     """What the user still has to choose, in words: the Apply buttons' tooltips and the batch's error."""
     missing = []
-    if needs_source(mode) and inputs.source_volume is None:
-        missing.append("a source volume (an image of the labelled domain)")
-    if needs_source(mode) and inputs.source_segmentation is None:
-        missing.append("a source segmentation (the labels of the source volume)")
+    if needs_source(mode) and not inputs.sources:
+        missing.append("at least one labelled source (a source volume with its segmentation)")
     if not inputs.target_volumes:
         missing.append("at least one target volume (an unlabelled image of the other domain)")
     if mode is not RunMode.TRAIN and weights is None:
@@ -98,14 +107,18 @@ def missing_inputs(inputs: AdaptationInputs, mode: RunMode, weights: Path | None
 
 
 def choose_mode(method: str, checkpoint: CheckpointInfo | None) -> RunMode:
-    """The batch script's rule: no weights -> train; the weights' own method -> segment; AdaBN -> adapt them."""
+    """The batch script's rule: no weights -> train; the weights' own method -> segment; AdaBN -> adapt them;
+    a method that refines trained weights (self-training) -> train it from them."""
     if checkpoint is None:
         return RunMode.TRAIN
     if method == checkpoint.method:
         return RunMode.SEGMENT
     if method in checkpoint.adapts_with:
         return RunMode.ADAPT
-    adapt = f", or {' / '.join(checkpoint.adapts_with)} to adapt it" if checkpoint.adapts_with else ""
+    if method in checkpoint.refined_by:
+        return RunMode.REFINE
+    others = (*checkpoint.adapts_with, *checkpoint.refined_by)
+    adapt = f", or {' / '.join(others)} to adapt it" if others else ""
     raise InputDataError(
         f"{checkpoint.path} is a {checkpoint.method} model, so method '{method}' cannot use it: "
         f"choose method {checkpoint.method} to segment with it{adapt}, or leave out the weights to train {method}"
@@ -140,6 +153,13 @@ def case_names(node_names: list[str]) -> list[str]:
     return names
 
 
+def _source_cases(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's source cases; run folders kept in the cache from before many sources have one."""
+    if "sources" in document:
+        return document["sources"]
+    return [] if document.get("source") is None else [document["source"]]
+
+
 @dataclass
 class AdaptationRun:
     """A run folder's manifest; see the module docstring."""
@@ -150,7 +170,7 @@ class AdaptationRun:
     label_map: LabelMap
     targets: list[RunCase]
     job: TrainJob | SegmentJob  # the main job, with the run's cases and output folder
-    source: RunCase | None = None
+    sources: list[RunCase] = field(default_factory=list)  # empty when the mode reads no source
     results: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -166,7 +186,7 @@ class AdaptationRun:
             "mode": self.mode.value,
             "method": self.method,
             "label_map": self.label_map.to_dict(),
-            "source": None if self.source is None else asdict(self.source),
+            "sources": [asdict(case) for case in self.sources],
             "targets": [asdict(case) for case in self.targets],
             "job": self.job.to_dict(),
             "results": self.results,
@@ -184,7 +204,7 @@ class AdaptationRun:
             mode=RunMode(document["mode"]),
             method=document["method"],
             label_map=LabelMap.from_dict(document["label_map"]),
-            source=None if document["source"] is None else RunCase(**document["source"]),
+            sources=[RunCase(**case) for case in _source_cases(document)],
             targets=[RunCase(**case) for case in document["targets"]],
             job=parse_job(document["job"]),
             results=document.get("results", {}),
@@ -214,16 +234,17 @@ def _in_roi(image: Any, roi: slicer.vtkMRMLMarkupsROINode | None, what: str) -> 
 
 
 def _source_files(
-    inputs: AdaptationInputs,
+    pair: SourcePair,
+    name: str,
     label_map: LabelMap,
     inputs_dir: Path,
     logic: slicer.vtkSlicerSegmentationsModuleLogic,
 ) -> tuple[RunCase, dict[Path, Any]]:
-    """The source volume and its labels (with ``label_map``'s values), checked, and the NRRD files they go to."""
-    volume = inputs.source_volume
-    (name,) = case_names([volume.GetName()])
-    labels = label_image_from_segmentation(inputs.source_segmentation, volume, label_map, logic)
-    check_label_not_empty(labels, f"segmentation '{inputs.source_segmentation.GetName()}'")
+    """A source volume and its labels (with ``label_map``'s values) on its own grid, checked, and the NRRD
+    files they go to."""
+    volume = pair.volume
+    labels = label_image_from_segmentation(pair.segmentation, volume, label_map, logic)
+    check_label_not_empty(labels, f"segmentation '{pair.segmentation.GetName()}'")
     image_path, label_path = inputs_dir / f"source_{name}.nrrd", inputs_dir / f"source_{name}_label.nrrd"
     files = {image_path: check_volume_values(volume, image_from_volume_node(volume)), label_path: labels}
     return RunCase(name, volume.GetName(), str(image_path), str(label_path)), files
@@ -253,6 +274,17 @@ def _target_files(
     ), files
 
 
+def _distinct_files(file_sets: list[dict[Path, Any]]) -> dict[Path, Any]:
+    """All files of the inputs, refusing two inputs whose names would write the same file."""
+    merged: dict[Path, Any] = {}
+    for files in file_sets:
+        for path, image in files.items():
+            if path in merged:
+                raise InputDataError(f"two inputs would be written to {path.name}: rename one of the volumes")
+            merged[path] = image
+    return merged
+
+
 def prepare_run(
     inputs: AdaptationInputs,
     job: TrainJob,
@@ -266,19 +298,22 @@ def prepare_run(
     ``initial_checkpoint``; :func:`job_for_mode` makes the mode's job of it, and this run fills in its
     cases and output folder.
 
-    The ROI restricts the *targets* (training images and segmentation): the source is used whole, its
-    labels already say where the heart is.
+    The ROI restricts the *targets* (training images and segmentation): the sources are used whole, their
+    labels already say where the heart is. The first source pair's segmentation names the classes (the
+    label map) unless the weights have one; every other pair must have a segment for each class.
     """
     weights = job.initial_checkpoint
     missing = missing_inputs(inputs, mode, weights)
     if missing:
         raise InputDataError("missing: " + "; ".join(missing))
     checkpoint = None if weights is None else describe_checkpoint(weights)
-    if mode is RunMode.ADAPT and job.method not in checkpoint.adapts_with:
+    if (mode is RunMode.ADAPT and job.method not in checkpoint.adapts_with) or (
+        mode is RunMode.REFINE and job.method not in checkpoint.refined_by
+    ):
         choose_mode(job.method, checkpoint)  # raises with the advice
     method = checkpoint.method if mode is RunMode.SEGMENT else job.method
     label_map = (
-        checkpoint.label_map if checkpoint else label_map_from_segmentation(inputs.source_segmentation)
+        checkpoint.label_map if checkpoint else label_map_from_segmentation(inputs.sources[0].segmentation)
     )
     inputs_dir = root / "inputs"
     # Every input is exported and checked in memory first: a bad one is refused before any file is written.
@@ -287,14 +322,16 @@ def prepare_run(
         _target_files(inputs, node, name, label_map, inputs_dir, segmentations_logic)
         for name, node in zip(names, inputs.target_volumes)
     ]
-    source, source_files = (
-        _source_files(inputs, label_map, inputs_dir, segmentations_logic)
-        if needs_source(mode)
-        else (None, {})
-    )
-    for files in [source_files, *(files for _, files in exported_targets)]:
-        for path, image in files.items():
-            write_image(image, path)
+    source_pairs = inputs.sources if needs_source(mode) else []
+    source_names = case_names([pair.volume.GetName() for pair in source_pairs])
+    exported_sources = [
+        _source_files(pair, name, label_map, inputs_dir, segmentations_logic)
+        for name, pair in zip(source_names, source_pairs)
+    ]
+    files = _distinct_files([files for _, files in [*exported_sources, *exported_targets]])
+    for path, image in files.items():
+        write_image(image, path)
+    sources = [case for case, _ in exported_sources]
     targets = [case for case, _ in exported_targets]
     main = job_for_mode(mode, job)
     target_cases = [case.volume_case() for case in targets]
@@ -304,14 +341,14 @@ def prepare_run(
         main = dataclasses.replace(
             main,
             out_dir=root / main.out_dir,
-            source=[] if source is None else [source.volume_case(with_label=True)],
+            source=[case.volume_case(with_label=True) for case in sources],
             target=target_cases,
             label_map=label_map,
             segment=target_cases,
-            translate=[] if source is None else [source.volume_case()],
+            translate=[case.volume_case() for case in sources[:1]],
         )
     run = AdaptationRun(
-        root=root, mode=mode, method=method, label_map=label_map, source=source, targets=targets, job=main
+        root=root, mode=mode, method=method, label_map=label_map, sources=sources, targets=targets, job=main
     )
     run.save()
     return run
@@ -322,7 +359,7 @@ class ImportedResults:
     """The nodes made from a run's files."""
 
     segmentations: dict[str, slicer.vtkMRMLSegmentationNode] = field(default_factory=dict)  # by case name
-    translations: list[slicer.vtkMRMLScalarVolumeNode] = field(default_factory=list)
+    translations: dict[str, slicer.vtkMRMLScalarVolumeNode] = field(default_factory=dict)  # by source case
     metrics_table: slicer.vtkMRMLTableNode | None = None
 
 
@@ -364,11 +401,12 @@ def import_results(
             f"{case.node_name} segmentation ({run.method})",
             segmentations_logic,
         )
+    sources = {case.name: case for case in run.sources}
     for path in run.results.get("translations", []):
-        node = add_volume_node(
-            scene, read_image_file(Path(path)), f"{run.source.node_name} translated ({run.method})"
+        case = sources[case_name_of_output(Path(path), TRANSLATION_TAG)]
+        imported.translations[case.name] = add_volume_node(
+            scene, read_image_file(Path(path)), f"{case.node_name} translated ({run.method})"
         )
-        imported.translations.append(node)
     if run.results.get("json"):
         metrics = json.loads(Path(run.results["json"]).read_text(encoding="utf-8"))
         imported.metrics_table = metrics_table_node(scene, metrics, f"CardiacUDA scores ({run.method})")

@@ -56,6 +56,7 @@ class CheckpointInfo:
     step: int
     can_translate: bool
     adapts_with: tuple[str, ...]  # methods that can start from these weights without training (AdaBN)
+    refined_by: tuple[str, ...]  # methods that train on, starting from these weights (self-training)
 
     def summary(self) -> str:
         classes = ", ".join(self.label_map.class_names)
@@ -87,6 +88,7 @@ def describe_checkpoint(path: str | Path) -> CheckpointInfo:
             and other.config_class is method.config_class
             and key != checkpoint.method
         ),
+        refined_by=tuple(key for key, other in METHODS.items() if other.needs_initial_checkpoint),
     )
 
 

@@ -2,11 +2,14 @@
 
 One row per (volume, structure), then one "mean" row per structure over the volumes: the layout of the
 library's reports, readable in the Tables module and exportable to CSV from Slicer.
+:func:`fill_table_node` builds any such table of text and number columns (also the agreement table of
+:mod:`CardiacUDASlicerLib.compare`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import slicer
@@ -36,6 +39,43 @@ def _rows(metrics: dict[str, Any]) -> list[tuple[str, str, list[float]]]:
     return rows
 
 
+def fill_table_node(
+    scene: slicer.vtkMRMLScene,
+    name: str,
+    text_columns: Sequence[str],
+    number_columns: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[Sequence[str], Sequence[float]]],
+    table_node: slicer.vtkMRMLTableNode | None = None,
+) -> slicer.vtkMRMLTableNode:
+    """Fill ``table_node`` (or a new one named ``name``) with text columns, then number columns.
+
+    ``number_columns`` are (title, unit) pairs (unit ``""``: none); each row is (texts, numbers) in
+    column order.
+    """
+    node = table_node if table_node is not None else scene.AddNewNodeByClass(TABLE_CLASS, name)
+    table = node.GetTable()
+    table.Initialize()
+    columns = []
+    for title in text_columns:
+        column = vtkStringArray()
+        column.SetName(title)
+        columns.append(column)
+    for title, _ in number_columns:
+        column = vtkDoubleArray()
+        column.SetName(title)
+        columns.append(column)
+    for texts, numbers in rows:
+        for column, value in zip(columns, [*texts, *numbers]):
+            column.InsertNextValue(value)
+    for column in columns:
+        table.AddColumn(column)
+    for title, unit in number_columns:
+        if unit:
+            node.SetColumnUnitLabel(title, unit)
+    node.Modified()
+    return node
+
+
 def metrics_table_node(
     scene: slicer.vtkMRMLScene,
     metrics: dict[str, Any],
@@ -43,28 +83,6 @@ def metrics_table_node(
     table_node: slicer.vtkMRMLTableNode | None = None,
 ) -> slicer.vtkMRMLTableNode:
     """Fill ``table_node`` (or a new one) with the scores of ``metrics`` (the content of ``metrics.json``)."""
-    node = table_node if table_node is not None else scene.AddNewNodeByClass(TABLE_CLASS, name)
-    rows = _rows(metrics)
-    table = node.GetTable()
-    table.Initialize()
-    columns = []
-    for title in TEXT_COLUMNS:
-        column = vtkStringArray()
-        column.SetName(title)
-        columns.append(column)
-    for title, _, _ in NUMBER_COLUMNS:
-        column = vtkDoubleArray()
-        column.SetName(title)
-        columns.append(column)
-    for volume, structure, numbers in rows:
-        columns[0].InsertNextValue(volume)
-        columns[1].InsertNextValue(structure)
-        for column, number in zip(columns[2:], numbers):
-            column.InsertNextValue(number)
-    for column in columns:
-        table.AddColumn(column)
-    for title, _, unit in NUMBER_COLUMNS:
-        if unit:
-            node.SetColumnUnitLabel(title, unit)
-    node.Modified()
-    return node
+    rows = [((volume, structure), numbers) for volume, structure, numbers in _rows(metrics)]
+    number_columns = [(title, unit) for title, _, unit in NUMBER_COLUMNS]
+    return fill_table_node(scene, name, TEXT_COLUMNS, number_columns, rows, table_node)

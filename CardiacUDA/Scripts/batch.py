@@ -3,15 +3,20 @@
 In Slicer (no window, no dialog)::
 
     Slicer --no-main-window --python-script CardiacUDA/Scripts/batch.py \\
-        --source IMG --source-seg SEG --target IMG [--target IMG ...] --method KEY \\
+        --source IMG --source-seg SEG [--source IMG --source-seg SEG ...] [--source-dir DIR ...] \\
+        --target IMG [--target IMG ...] --method KEY \\
         [--preset fast] [--iterations N] [--set key=value ...] [--weights FILE] [--device auto] --out DIR
 
 With plain Python and the ``slicer-core`` wheel: ``python CardiacUDA/Scripts/batch.py`` and the same
-arguments. Without ``--weights`` it trains KEY (running the same command again resumes a stopped
-training from ``DIR/run``); with ``--weights`` of method KEY it segments with them as they are, and
-with ``--method adabn`` and a ``source_only`` checkpoint it adapts them instantly. Every target's
-segmentation is written to ``DIR/<target>.seg.nrrd``, the translated source (for methods that
-translate) to ``DIR/<source>_translated.nrrd``. Exit code 0 on success, 1 with a message on failure.
+arguments. The labelled source is any number of volumes: ``--source IMG --source-seg SEG`` pairs
+(repeated; the n-th ``--source-seg`` labels the n-th ``--source``) and folders of labelled cases
+(``--source-dir``, repeated: ``<case>.nii.gz`` with ``<case>_manual.nii.gz``, or ``<case>_image.*`` with
+``<case>_label.*``); each volume keeps its own geometry. Without ``--weights`` it trains KEY (running
+the same command again resumes a stopped training from ``DIR/run``); with ``--weights`` of method KEY
+it segments with them as they are, and with ``--method adabn`` and a ``source_only`` checkpoint it
+adapts them instantly (neither reads a source). Every target's segmentation is written to
+``DIR/<target>.seg.nrrd``, the translated first source (for methods that translate) to
+``DIR/<source>_translated.nrrd``. Exit code 0 on success, 1 with a message on failure.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from CardiacUDASlicerLib.adaptation import (  # noqa: E402
     target_nodes_by_case,
 )
 from CardiacUDASlicerLib.jobrunner import WorkerUnavailableError  # noqa: E402
-from CardiacUDASlicerLib.mrml import application_context  # noqa: E402
-from CardiacUDASlicerLib.segmentations import load_segmentation_file, save_segmentation  # noqa: E402
+from CardiacUDASlicerLib.mrml import MrmlContext, application_context  # noqa: E402
+from CardiacUDASlicerLib.segmentations import save_segmentation  # noqa: E402
+from CardiacUDASlicerLib.sources import SourcePair, load_source_folder, load_source_pair  # noqa: E402
 from CardiacUDASlicerLib.volumes import image_from_volume_node, load_volume_file  # noqa: E402
 
 from CardiacUDALib.atomic import check_writable_folder  # noqa: E402
-from CardiacUDALib.errors import CardiacUDAError  # noqa: E402
+from CardiacUDALib.errors import CardiacUDAError, InputDataError  # noqa: E402
 from CardiacUDALib.io import write_image  # noqa: E402
 
 EXIT_SUCCESS = 0
@@ -54,8 +60,27 @@ class BatchArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = BatchArgumentParser(prog="batch.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", type=Path, help="labelled source image (needed unless --weights segment)")
-    parser.add_argument("--source-seg", type=Path, help="its segmentation: .seg.nrrd or a label image")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        action="append",
+        default=[],
+        help="labelled source image (repeat; needed unless --weights segment or adapt)",
+    )
+    parser.add_argument(
+        "--source-seg",
+        type=Path,
+        action="append",
+        default=[],
+        help="segmentation of the --source of the same rank: .seg.nrrd or a label image (repeat)",
+    )
+    parser.add_argument(
+        "--source-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder of labelled source cases, each image with its label map (repeat)",
+    )
     parser.add_argument("--target", type=Path, action="append", required=True, help="target image (repeat)")
     parser.add_argument("--method", required=True, help="method key (cardiac-uda methods lists them)")
     parser.add_argument("--preset", default="paper", help="method preset, e.g. 'fast' for a CPU demo")
@@ -84,6 +109,22 @@ def print_event(event: dict) -> None:
         print("validation Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in event["dice"].items()), flush=True)
 
 
+def load_sources(args: argparse.Namespace, context: MrmlContext) -> list[SourcePair]:
+    """The ``--source``/``--source-seg`` pairs (by rank), then the cases of every ``--source-dir``."""
+    if len(args.source) != len(args.source_seg):
+        raise InputDataError(
+            f"--source is given {len(args.source)} time(s) and --source-seg {len(args.source_seg)} time(s): "
+            "give one --source-seg per --source, in the same order"
+        )
+    pairs = [
+        load_source_pair(context.scene, image, segmentation, context.segmentations_logic)
+        for image, segmentation in zip(args.source, args.source_seg)
+    ]
+    for folder in args.source_dir:
+        pairs.extend(load_source_folder(context.scene, folder, context.segmentations_logic))
+    return pairs
+
+
 def run(args: argparse.Namespace) -> list[Path]:
     """Load the inputs, run the jobs through the worker, write the results; returns the files written."""
     from CardiacUDASlicerLib.catalog import describe_checkpoint
@@ -99,13 +140,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     from CardiacUDALib.jobs import TrainJob
     from CardiacUDALib.preprocess import PreprocessConfig
 
-    inputs = AdaptationInputs(target_volumes=[load_volume_file(context.scene, path) for path in args.target])
-    if args.source is not None:
-        inputs.source_volume = load_volume_file(context.scene, args.source)
-        if args.source_seg is not None:
-            inputs.source_segmentation = load_segmentation_file(
-                args.source_seg, inputs.source_volume, context.segmentations_logic
-            )
+    inputs = AdaptationInputs(
+        sources=load_sources(args, context),
+        target_volumes=[load_volume_file(context.scene, path) for path in args.target],
+    )
     job = TrainJob(
         method=args.method,
         out_dir=WORK_DIR,
@@ -138,10 +176,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         save_segmentation(node, args.out / f"{case}.seg.nrrd")
         for case, node in imported.segmentations.items()
     ]
-    for node in imported.translations:
-        written.append(
-            write_image(image_from_volume_node(node), args.out / f"{adaptation.source.name}_translated.nrrd")
-        )
+    for case, node in imported.translations.items():
+        written.append(write_image(image_from_volume_node(node), args.out / f"{case}_translated.nrrd"))
     return written
 
 
