@@ -104,11 +104,20 @@ def command_train(args: argparse.Namespace) -> int:
         segment=target if args.segment_target else [],
     )
     result = run_stoppable(lambda emit, stop: run_job(job, emit, stop), RESUME_HINT)
+    if not _is_main_process():
+        return 0
     print(f"best checkpoint: {result['best_checkpoint']} ({result['selection']})")
     print(f"last checkpoint: {result['last_checkpoint']} (step {result['steps']})")
     if result.get("segmentations"):
         print(f"target segmentations: {Path(result['segmentations'][0]).parent}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """False on torchrun's ranks other than 0: they train their share and rank 0 reports."""
+    from CardiacUDALib.distributed import this_process
+
+    return this_process().is_main
 
 
 def _segment_weights(args: argparse.Namespace) -> Path:
@@ -199,6 +208,8 @@ def command_benchmark(args: argparse.Namespace) -> int:
         lambda emit, stop: run_benchmark(data, job, args.split, args.dataset, command_line, emit, stop),
         RESUME_HINT,
     )
+    if not _is_main_process():
+        return 0
     entry = summary["methods"][args.method]
     print(f"{args.method}: mean test Dice {entry['mean_dice']:.3f} ({entry['selection']})")
     print(f"report: {Path(args.out) / 'report.md'}")

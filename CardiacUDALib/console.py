@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -93,26 +94,33 @@ class ProgressPrinter:
 
 
 class InterruptToStop:
-    """The first Ctrl-C asks the engine to stop after the current step (saving ``last.pt``); a second aborts."""
+    """Ctrl-C or SIGTERM asks the engine to stop after the current step (saving ``last.pt``); a second
+    Ctrl-C aborts. Under torchrun every signal only asks to stop: torchrun passes a Ctrl-C on to the
+    ranks that the terminal already interrupted, and ends them itself if they take too long."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.abort_on_second = int(os.environ.get("WORLD_SIZE", "1")) == 1
 
     def __enter__(self) -> InterruptToStop:
-        self.previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        self.previous = {
+            number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)
+        }
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        signal.signal(signal.SIGINT, self.previous)
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
-    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT and self.abort_on_second:
             raise KeyboardInterrupt
+        if not self.requested:
+            tqdm.write(
+                "stopping after this step and saving the last checkpoint (Ctrl-C again aborts at once)",
+                file=sys.stderr,
+            )
         self.requested = True
-        tqdm.write(
-            "stopping after this step and saving the last checkpoint (Ctrl-C again aborts at once)",
-            file=sys.stderr,
-        )
 
     def __call__(self) -> bool:
         return self.requested

@@ -1,13 +1,18 @@
 """Volume sets as pools of 2D / 2.5D slices, random batches and their augmentation.
 
 Every volume is prepared once (``preprocess.prepare_volume``); its slices are stacked into one pool
-per domain. A batch is drawn from a :class:`numpy.random.Generator` seeded with ``(seed, step)``, so a
-resumed run draws exactly the batches it would have drawn without the interruption.
+per domain. Batches walk through the pool epoch by epoch, each epoch in its own random order: step
+``s`` of a run with ``R`` ranks of ``B`` slices takes the global positions ``s*R*B ... (s+1)*R*B - 1``
+of that walk, and rank ``r`` the ``B`` positions from ``s*R*B + r*B``. So no two ranks see the same
+slice within an epoch, the global batch of 2 ranks of ``B`` is the batch of 1 rank of ``2B``, and
+every slice's augmentation is drawn from a generator of ``(seed, pool, position)`` alone: a resumed
+run draws exactly the batches it would have drawn without the interruption.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +36,25 @@ class SliceBatch:
     images: torch.Tensor
     labels: torch.Tensor | None = None
 
-    def to(self, device: torch.device) -> SliceBatch:
+    def to(self, device: torch.device, channels_last: bool = False) -> SliceBatch:
+        images = self.images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = None if self.labels is None else self.labels.to(device, non_blocking=True)
-        return SliceBatch(self.images.to(device, non_blocking=True), labels)
+        return SliceBatch(images, labels)
+
+    def pin_memory(self) -> SliceBatch:
+        """In page-locked memory, so that the copy to a GPU runs beside the computation."""
+        labels = None if self.labels is None else self.labels.pin_memory()
+        return SliceBatch(self.images.pin_memory(), labels)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which part of each step's global batch a training process takes: ``rank`` of ``count``."""
+
+    rank: int = 0
+    count: int = 1
 
 
 @dataclass
@@ -66,36 +87,95 @@ def load_volumes(
 
 
 class SlicePool:
-    """All slices of a set of volumes, with context channels, ready to be sampled."""
+    """All slices of a set of volumes, with context channels, ready to be sampled.
 
-    def __init__(self, volumes: Sequence[LoadedVolume], context_slices: int) -> None:
+    ``stream`` tells pools of one run apart (source 0, target 1), so that their orders and
+    augmentations are drawn independently.
+    """
+
+    def __init__(self, volumes: Sequence[LoadedVolume], context_slices: int, stream: int = 0) -> None:
         if not volumes:
             raise InputDataError("no volumes were given")
         self.images = np.concatenate([v.prepared.with_context(context_slices) for v in volumes])
         labels = [v.prepared.labels for v in volumes]
         self.labels = None if any(label is None for label in labels) else np.concatenate(labels)
+        self.stream = stream
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def sample(
-        self, rng: np.random.Generator, batch_size: int, augment: bool, deform: bool = False
+    def _order(self, seed: int, epoch: int) -> np.ndarray:
+        """The epoch's random order of the pool's slices (the last two epochs' are kept)."""
+        key = (seed, epoch)
+        if key not in self._orders:
+            if len(self._orders) >= 2:
+                self._orders.pop(next(iter(self._orders)))
+            self._orders[key] = np.random.default_rng([seed, self.stream, epoch]).permutation(len(self))
+        return self._orders[key]
+
+    def positions(self, step: int, batch_size: int, shard: Shard) -> range:
+        """The global positions of the walk that ``shard`` takes at ``step``."""
+        first = (step * shard.count + shard.rank) * batch_size
+        return range(first, first + batch_size)
+
+    def batch(
+        self,
+        seed: int,
+        step: int,
+        batch_size: int,
+        augment: bool,
+        deform: bool = False,
+        shard: Shard | None = None,
     ) -> SliceBatch:
-        indices = rng.integers(0, len(self), size=batch_size)
+        """``shard``'s ``batch_size`` slices of step ``step`` (see the module docstring)."""
+        shard = shard or Shard()
+        positions = self.positions(step, batch_size, shard)
+        indices = np.array([self._order(seed, p // len(self))[p % len(self)] for p in positions])
         images = self.images[indices]
         labels = None if self.labels is None else self.labels[indices]
         if augment:
-            images, labels = augment_batch(images, labels, rng, deform)
+            generators = [np.random.default_rng([seed, self.stream, 1, p]) for p in positions]
+            images, labels = augment_batch(images, labels, generators, deform)
         return SliceBatch(
             torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
             None if labels is None else torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
         )
 
 
+Batches = tuple[SliceBatch, SliceBatch | None]
+
+
+class PrefetchedBatches:
+    """Each step's source and target batches for this rank, the next step's drawn in a background thread
+    while the current one trains (``prefetch``) and put in page-locked memory when training on a GPU."""
+
+    def __init__(self, draw: Callable[[int], Batches], prefetch: bool, pin: bool) -> None:
+        self.draw = (
+            (lambda step: tuple(b if b is None else b.pin_memory() for b in draw(step))) if pin else draw
+        )
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="batches") if prefetch else None
+        self.pending: dict[int, Future[Batches]] = {}
+
+    def get(self, step: int, last_step: int) -> Batches:
+        future = self.pending.pop(step, None)
+        batches = future.result() if future is not None else self.draw(step)
+        if self.executor is not None and step + 1 < last_step:
+            self.pending[step + 1] = self.executor.submit(self.draw, step + 1)
+        return batches
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
 def augment_batch(
-    images: np.ndarray, labels: np.ndarray | None, rng: np.random.Generator, deform: bool = False
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    generators: Sequence[np.random.Generator],
+    deform: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per slice: with ``deform``, a random affine + elastic deformation first
+    """Per slice, with that slice's generator: with ``deform``, a random affine + elastic deformation first
     (:mod:`CardiacUDALib.deformation`); then random flips and 90-degree rotations (image and label
     alike), intensity scale and shift.
 
@@ -104,7 +184,7 @@ def augment_batch(
     """
     images = images.copy()
     labels = None if labels is None else labels.copy()
-    for index in range(len(images)):
+    for index, rng in enumerate(generators):
         if deform:
             images[index], deformed_label = deform_slice(
                 images[index], None if labels is None else labels[index], rng
@@ -122,8 +202,3 @@ def augment_batch(
             label = np.rot90(labels[index], turns, axes=(-2, -1))
             labels[index] = label[..., ::-1] if flip else label
     return images, labels
-
-
-def step_generator(seed: int, step: int) -> np.random.Generator:
-    """The batch generator of one training step: a function of (seed, step) alone, so resume is exact."""
-    return np.random.default_rng([seed, step])

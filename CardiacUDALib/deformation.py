@@ -8,8 +8,8 @@ are resampled linearly, the label by its nearest neighbour, so labels stay class
 those of the GIN + IPA release (``transform_utils.my_augv``): rotation and shear up to 20 degrees,
 shift up to 15 pixels, scale 0.5-1.5, elastic alpha 20 and sigma 5.
 
-Draws come from the step's :class:`numpy.random.Generator` (``data.step_generator``), so a resumed run
-deforms its batches exactly as an uninterrupted one.
+Draws come from the slice's own :class:`numpy.random.Generator` (``data.SlicePool.batch``), so a
+resumed run deforms its batches exactly as an uninterrupted one.
 """
 
 from __future__ import annotations

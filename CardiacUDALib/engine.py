@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from CardiacUDALib import distributed
 from CardiacUDALib.atomic import check_writable_folder
 from CardiacUDALib.evaluation import evaluate_cases
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
@@ -27,7 +28,7 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
         "stopped": outcome.stopped,
         "selection": outcome.selection,
     }
-    if outcome.stopped:
+    if outcome.stopped or not distributed.this_process().is_main:  # under torchrun rank 0 segments
         return result
     model = TrainedModel.load(outcome.best_checkpoint, job.device)
     if job.segment:

@@ -7,6 +7,10 @@ when asked, and resumes from ``last.pt``; then it runs the post-training stages 
 job asks for (:mod:`CardiacUDALib.stages`) on the selected checkpoint. Progress goes out as
 events (:mod:`CardiacUDALib.events`), so the CLI, the worker and the Slicer module show the same
 thing. The engine knows methods only through the registry and :class:`AdaptationMethod`.
+
+Started by ``torchrun``, every rank runs ``train`` on its own part of each step's batches and the
+ranks' models stay identical (:mod:`CardiacUDALib.distributed`); only rank 0 validates, writes
+checkpoints and history, and emits events.
 """
 
 from __future__ import annotations
@@ -23,11 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from CardiacUDALib import __version__
+from CardiacUDALib import __version__, distributed
 from CardiacUDALib.atomic import check_writable_folder, write_json_atomic
 from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from CardiacUDALib.data import LoadedVolume, SlicePool, load_volumes, step_generator
-from CardiacUDALib.device import resolve_device
+from CardiacUDALib.data import (
+    Batches,
+    LoadedVolume,
+    PrefetchedBatches,
+    Shard,
+    SliceBatch,
+    SlicePool,
+    load_volumes,
+)
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
 from CardiacUDALib.evaluation import validate
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
@@ -145,26 +156,59 @@ def _checkpoint(
 
 
 def _run_train_step(
-    method: AdaptationMethod, source_batch: Any, target_batch: Any, step: int, batch_size: int
+    method: AdaptationMethod, source_batch: Any, target_batch: Any, batch_size: int
 ) -> dict[str, float]:
     try:
-        losses = method.train_step(source_batch, target_batch)
+        return method.train_step(source_batch, target_batch)
     except torch.OutOfMemoryError as error:
         raise CardiacUDAError(
             f"out of GPU memory at batch size {batch_size}: use a smaller batch (e.g. --set batch_size="
             f"{max(1, batch_size // 2)}) or --device cpu"
         ) from error
+
+
+def _check_finite(losses: dict[str, float], step: int) -> None:
     non_finite = [name for name, value in losses.items() if not math.isfinite(value)]
     if non_finite:
         raise CardiacUDAError(
             f"training diverged at step {step + 1} ({', '.join(non_finite)} not finite); nothing after the last "
             "checkpoint was saved: lower the learning rate (--set learning_rate=...) and run again"
         )
-    return losses
+
+
+def prepare_networks(method: AdaptationMethod, ranks: distributed.Ranks) -> None:
+    """The speed and multi-process settings that change how the networks run, not what they compute."""
+    config, networks = method.config, method.networks()
+    if config.sync_batchnorm and ranks.distributed:
+        distributed.convert_to_sync_batchnorm(networks, method.device)
+    for network in networks.values():
+        if config.channels_last:
+            network.to(memory_format=torch.channels_last)
+        if config.compile:
+            network.compile()
 
 
 def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck = never_stop) -> TrainOutcome:
-    """Train ``job.method``; resumable, cancellable, with validation-based checkpoint selection."""
+    """Train ``job.method``; resumable, cancellable, with validation-based checkpoint selection.
+
+    Under torchrun this rank joins the process group for the training and leaves it at the end.
+    """
+    ranks = distributed.this_process()
+    device, joined = distributed.start(ranks, job.device)
+    try:
+        outcome = _train(job, ranks, device, emit if ranks.is_main else ignore_event, should_stop)
+    except BaseException:
+        if joined:  # no last barrier: the other ranks may never reach it (torchrun ends them)
+            torch.distributed.destroy_process_group()
+        raise
+    if joined:
+        distributed.finish()
+    return outcome
+
+
+def _train(
+    job: TrainJob, ranks: distributed.Ranks, device: torch.device, emit: EventSink, should_stop: StopCheck
+) -> TrainOutcome:
     run = RunFolder(check_writable_folder(job.out_dir, "the run folder"))
     resumed = (
         load_checkpoint(run.last, expected_method=job.method) if job.resume and run.last.exists() else None
@@ -183,7 +227,6 @@ def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck 
         raise CardiacUDAError(
             "iterations=0 means 'no training': give a trained checkpoint to start from (--init FILE)"
         )
-    device = resolve_device(job.device)
     torch.manual_seed(job.seed)
     # The networks and their starting weights first: a checkpoint that does not fit is refused before
     # minutes of reading volumes.
@@ -192,21 +235,23 @@ def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck 
         load_weights(method, resumed, run.last)
     elif initial is not None:
         load_weights(method, initial, job.initial_checkpoint, with_optimizers=False)
+    prepare_networks(method, ranks)
 
     def loaded(done: int, total: int, name: str) -> None:
         emit({"event": "status", "message": f"loaded {name} ({done}/{total})"})
 
     source_pool = (
-        SlicePool(load_volumes(job.source, label_map, preprocess, True, loaded), config.context_slices)
+        SlicePool(load_volumes(job.source, label_map, preprocess, True, loaded), config.context_slices, 0)
         if needs_source
         else None
     )
     target_pool = (
-        SlicePool(load_volumes(job.target, label_map, preprocess, False, loaded), config.context_slices)
+        SlicePool(load_volumes(job.target, label_map, preprocess, False, loaded), config.context_slices, 1)
         if (method_class.uses_target or stage_names) and job.target
         else None
     )
-    validation = load_volumes(job.validation, label_map, preprocess, True, loaded)
+    # only rank 0 validates
+    validation = load_volumes(job.validation, label_map, preprocess, True, loaded) if ranks.is_main else []
     # Only now that every input has been read: a job that fails on its inputs leaves no run folder.
     # From here the folder exists, so that a stop file can be put into it before the first checkpoint.
     run.root.mkdir(parents=True, exist_ok=True)
@@ -228,62 +273,89 @@ def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck 
             "best_score": best_score,
             "seed": job.seed,
             "job": job.to_dict(),
+            "processes": ranks.count,  # the global batch is batch_size x processes
         }
 
     def save_last() -> None:
+        """Called by every rank: the ranks' networks are compared, then rank 0 writes ``last.pt``."""
+        digests = distributed.state_digests(method.networks()) if ranks.distributed else []
+        if not ranks.is_main:
+            return
+        saved = {**metadata(), "rank_state_sha256": digests} if digests else metadata()
         save_checkpoint(
-            _checkpoint(method, label_map, preprocess, step, metadata(), with_optimizers=True), run.last
+            _checkpoint(method, label_map, preprocess, step, saved, with_optimizers=True), run.last
         )
         write_json_atomic(run.history, history)
         emit({"event": "checkpoint", "path": str(run.last), "step": step})
 
-    started, first_step = time.monotonic(), step
-    running: dict[str, list[float]] = {}
-    log_every = max(1, min(25, config.iterations // 50))
-    while step < config.iterations:
-        if should_stop():
-            save_last()
-            emit({"event": "stopped", "step": step, "checkpoint": str(run.last)})
-            return TrainOutcome(run.best, run.last, step, True, history, "stopped before the end")
-        method.train_mode()
-        method.apply_learning_rate(step)
-        torch.manual_seed(job.seed * 1_000_003 + step)
-        rng = step_generator(job.seed, step)
-        source_batch = source_pool.sample(rng, config.batch_size, config.augment, config.deform).to(device)
-        target_batch = (
-            None
-            if target_pool is None
-            else target_pool.sample(rng, config.batch_size, config.augment, config.deform).to(device)
-        )
-        source_batch = method.with_appearance(source_batch)
-        losses = _run_train_step(method, source_batch, target_batch, step, config.batch_size)
-        step += 1
-        for name, value in losses.items():
-            running.setdefault(name, []).append(value)
-        if step % log_every == 0 or step == config.iterations:
-            averaged = {name: float(np.mean(values)) for name, values in running.items()}
-            history["losses"].append({"step": step, **averaged})
-            running = {}
-            seconds_per_step = (time.monotonic() - started) / max(step - first_step, 1)
-            emit(
-                {
-                    "event": "progress",
-                    "step": step,
-                    "total": config.iterations,
-                    "losses": averaged,
-                    "eta_s": round(seconds_per_step * (config.iterations - step), 1),
-                }
+    shard = Shard(ranks.rank, ranks.count)
+
+    def draw(at_step: int) -> Batches:
+        def batch(pool: SlicePool) -> SliceBatch:
+            return pool.batch(job.seed, at_step, config.batch_size, config.augment, config.deform, shard)
+
+        return batch(source_pool), None if target_pool is None else batch(target_pool)
+
+    batches = PrefetchedBatches(draw, config.prefetch, device.type == "cuda")
+    synchronised = distributed.SynchronisedTraining(method.networks(), method.optimizers())
+    try:
+        started, first_step = time.monotonic(), step
+        running: dict[str, list[float]] = {}
+        log_every = max(1, min(25, config.iterations // 50))
+        while step < config.iterations:
+            if distributed.any_rank(should_stop(), device):
+                save_last()
+                emit({"event": "stopped", "step": step, "checkpoint": str(run.last)})
+                return TrainOutcome(run.best, run.last, step, True, history, "stopped before the end")
+            method.train_mode()
+            method.apply_learning_rate(step)
+            # rank 0's torch draws are those of a single process; each further rank draws its own
+            torch.manual_seed(job.seed * 1_000_003 + step + ranks.rank * 1_000_000_007)
+            source_batch, target_batch = (
+                None if b is None else b.to(device, config.channels_last)
+                for b in batches.get(step, config.iterations)
             )
-        if validation and (step % config.validate_every == 0 or step == config.iterations):
-            scores = validate(method, validation, label_map, config.context_slices)
-            history["validation"].append({"step": step, **scores})
-            emit({"event": "validation", "step": step, "dice": scores})
-            if scores["mean"] > best_score:
-                best_score = scores["mean"]
-                best = _checkpoint(method, label_map, preprocess, step, metadata(), with_optimizers=False)
-                save_checkpoint(best, run.best)
-        if step % config.checkpoint_every == 0 or step == config.iterations:
-            save_last()
+            source_batch = method.with_appearance(source_batch)
+            losses = _run_train_step(method, source_batch, target_batch, config.batch_size)
+            losses = distributed.average_losses(losses, device)
+            _check_finite(losses, step)
+            synchronised.after_step()
+            step += 1
+            for name, value in losses.items():
+                running.setdefault(name, []).append(value)
+            if step % log_every == 0 or step == config.iterations:
+                averaged = {name: float(np.mean(values)) for name, values in running.items()}
+                history["losses"].append({"step": step, **averaged})
+                running = {}
+                seconds_per_step = (time.monotonic() - started) / max(step - first_step, 1)
+                emit(
+                    {
+                        "event": "progress",
+                        "step": step,
+                        "total": config.iterations,
+                        "losses": averaged,
+                        "eta_s": round(seconds_per_step * (config.iterations - step), 1),
+                    }
+                )
+            if (
+                ranks.is_main
+                and validation
+                and (step % config.validate_every == 0 or step == config.iterations)
+            ):
+                scores = validate(method, validation, label_map, config.context_slices)
+                history["validation"].append({"step": step, **scores})
+                emit({"event": "validation", "step": step, "dice": scores})
+                if scores["mean"] > best_score:
+                    best_score = scores["mean"]
+                    best = _checkpoint(method, label_map, preprocess, step, metadata(), with_optimizers=False)
+                    save_checkpoint(best, run.best)
+            if step % config.checkpoint_every == 0 or step == config.iterations:
+                save_last()
+    finally:
+        batches.close()
+        synchronised.close()
+    if not ranks.is_main:  # rank 0 selects, finishes and reports
+        return TrainOutcome(run.best, run.last, step, False, history, "trained as a helper rank")
     if history["validation"]:
         best_step = max(history["validation"], key=lambda entry: entry["mean"])["step"]
         selection = (

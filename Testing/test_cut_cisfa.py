@@ -110,7 +110,6 @@ def test_a_generator_step_raises_the_discriminators_score_of_its_fakes(key, requ
     method.train_mode()
     source, target = batches(TEST_SEED)
     source_images, target_images = to_signed(source.images), to_signed(target.images)
-    method.build_projection_heads(source_images)
 
     def fake_score() -> float:
         with torch.no_grad():
@@ -125,9 +124,9 @@ def test_a_generator_step_raises_the_discriminators_score_of_its_fakes(key, requ
 
 
 @pytest.mark.parametrize("key", ["cut_seg", "cisfa"])
-def test_lazy_projection_heads_are_optimised_and_load_before_any_batch(key):
+def test_projection_heads_are_built_with_the_networks_optimised_and_load_before_any_batch(key):
     method = small_method(key)
-    assert not method.patch_sampler.built and "patch_sampler" not in method.optimizers()
+    assert method.patch_sampler.built and "patch_sampler" in method.optimizers()
     method.train_mode()
     method.train_step(*batches())
     heads_optimizer = method.optimizers()["patch_sampler"]

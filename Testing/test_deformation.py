@@ -55,9 +55,11 @@ def test_without_range_the_grid_is_the_identity_and_a_pure_scale_grows_the_anato
 
 def test_augmenting_a_batch_with_deformation_keeps_target_batches_without_labels():
     image, label = _slice()
-    images, labels = augment_batch(np.stack([image, image]), None, np.random.default_rng(0), deform=True)
+    images, labels = augment_batch(
+        np.stack([image, image]), None, [np.random.default_rng(0), np.random.default_rng(1)], deform=True
+    )
     assert labels is None and images.shape == (2, 2, 64, 64)
     images, labels = augment_batch(
-        np.stack([image]), np.stack([label]), np.random.default_rng(0), deform=True
+        np.stack([image]), np.stack([label]), [np.random.default_rng(0)], deform=True
     )
     assert labels.shape == (1, 64, 64) and set(np.unique(labels)) <= {0, 1, 2}

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from CardiacUDALib import distributed
 from CardiacUDALib.atomic import write_json_atomic, write_text_atomic
 from CardiacUDALib.benchmark.report import (
     figures_markdown,
@@ -23,6 +24,7 @@ from CardiacUDALib.benchmark.report import (
 )
 from CardiacUDALib.benchmark.runs import run_method
 from CardiacUDALib.benchmark.splits import DATA_ENVIRONMENT_VARIABLE, get_dataset
+from CardiacUDALib.engine import run_job
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.jobs import TrainJob
@@ -66,6 +68,9 @@ def run_benchmark(
     )
     method, out = job.method, job.out_dir
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if not distributed.this_process().is_main:  # under torchrun: train this rank's share; rank 0 reports
+        run_job(job, emit, should_stop)
+        return {}
     run = run_method(job, data_split.test_sets, emit, should_stop)
     curve = plot_training_curve(run.history, out / "training_curve.png", f"{method} on {dataset} ({split})")
     overlays = [
@@ -88,13 +93,19 @@ def run_benchmark(
     command = (
         command_line or f"run_benchmark({str(data_dir)!r}, {settings}, split={split!r}, dataset={dataset!r})"
     )
-    machine = machine_description(job.device)
+    processes = distributed.this_process().count
+    machine = machine_description(job.device) + (
+        f"; {processes} processes under torchrun (global batch = batch_size x {processes})"
+        if processes > 1
+        else ""
+    )
     summary = {
         "dataset": dataset,
         "data_dir": str(data_dir),
         **settings,
         "command": command,
         "machine": machine,
+        "processes": processes,
         "date": date,
         "split": data_split.to_dict(),
         "preprocessing": spec.preprocess.to_dict(),

@@ -45,6 +45,11 @@ class MethodConfig:
     # that needs the views in its loss (IPA's consistency, SLAug's saliency) lists them in own_appearances
     appearance: str = "none"
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    # speed and several processes (README "Many GPUs"); none of these changes what a step computes
+    channels_last: bool = False  # networks and batches in channels-last (NHWC) memory order
+    compile: bool = False  # torch.compile every network for training
+    prefetch: bool = True  # draw and augment the next step's batches in a background thread
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm batch statistics over all ranks (GPUs only)
     validate_every: int = 100
     checkpoint_every: int = 100
 

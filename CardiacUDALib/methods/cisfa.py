@@ -137,7 +137,6 @@ class Cisfa(ContrastiveTranslationMethod):
 
     def train_step(self, source: SliceBatch, target: SliceBatch | None) -> dict[str, float]:
         source_images, target_images = to_signed(source.images), to_signed(target.images)
-        self.build_projection_heads(source_images)
         losses = self.generator_step(source_images, source.labels)
         with torch.no_grad(), self.autocast():
             translated = self.generator(source_images)  # x_hat_b from the updated G (§3.4)

@@ -25,7 +25,7 @@ details are not in our seeds; the choices, after MPSCL (margin contrast with pro
 * loss: InfoNCE against every stored entry, additive angular margin on positives (source 0.4,
   target 0.2 as MPSCL), ``contrast_temperature`` 0.1;
 * the memory is filled from source pixels only (labels are reliable there), ``memory_updates_per_class``
-  per class and step, prototype by EMA (momentum 0.9);
+  per class and step (and rank, under torchrun), prototype by EMA (momentum 0.9);
 * weights: ``source_contrast_weight`` 0.1 and ``target_contrast_weight`` 0.01 (MPSCL's 1 : 0.1, scaled
   to the base loss's order, as the supplement says it scaled its new losses).
 """
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from CardiacUDALib.distributed import gather_rows
 from CardiacUDALib.losses.variational import margin_prototype_contrast
 from CardiacUDALib.methods.registry import register_method
 from CardiacUDALib.methods.varda import DomainPass, VarDA, VarDAConfig, downsample_labels
@@ -135,6 +136,18 @@ class CMEVAE(VarDA):
         )
         return loss, anchors, anchor_classes
 
+    def anchors_to_store(
+        self, anchors: torch.Tensor, anchor_classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's first ``memory_updates_per_class`` anchors of each class, from every rank under
+        torchrun (rank order), so that every rank's memory takes the same samples and stays the same."""
+        per_class = [
+            (anchor_classes == class_index).nonzero().flatten()[: self.config.memory_updates_per_class]
+            for class_index in anchor_classes.unique()
+        ]
+        chosen = torch.cat(per_class) if per_class else anchor_classes.new_zeros(0)
+        return gather_rows(anchors[chosen].detach()), gather_rows(anchor_classes[chosen])
+
     def extra_losses(self, source: DomainPass, target: DomainPass) -> dict[str, torch.Tensor]:
         """CPMC at every scale; then the memory takes some of this step's source anchors."""
         config = self.config
@@ -149,10 +162,9 @@ class CMEVAE(VarDA):
             target_loss = (
                 target_loss + self.scale_contrast(scale, target, pseudo_labels, config.target_margin)[0]
             )
-            for class_index in anchor_classes.unique().tolist():
-                memory.update(
-                    class_index, anchors[anchor_classes == class_index][: config.memory_updates_per_class]
-                )
+            stored, stored_classes = self.anchors_to_store(anchors, anchor_classes)
+            for class_index in stored_classes.unique().tolist():
+                memory.update(class_index, stored[stored_classes == class_index])
         return {
             "source_contrast": config.source_contrast_weight * source_loss,
             "target_contrast": config.target_contrast_weight * target_loss,

@@ -97,25 +97,24 @@ class ContrastiveTranslationMethod(AdaptationMethod):
         self.segmenter = UNet(
             1, num_classes, config.segmenter_width, config.segmenter_depth, config.segmenter_norm
         ).to(device)
-        self.heads_optimizer: torch.optim.Optimizer | None = None
+        self.heads_optimizer = self._build_projection_heads()
         self.steps_done = 0
 
     def adam(self, modules: Iterable[nn.Module]) -> torch.optim.Adam:
         parameters = [parameter for module in modules for parameter in module.parameters()]
         return torch.optim.Adam(parameters, lr=self.config.learning_rate, betas=self.config.adam_betas)
 
-    # ---- the patch sampler's heads, built from the first batch --------------------------------
-    def build_projection_heads(self, images: torch.Tensor | None = None) -> None:
-        """Size F's heads by G_enc's features of ``images`` (a dummy slice when None), then their optimiser."""
-        if self.patch_sampler.built:
-            return
-        if images is None:
-            images = torch.zeros(1, 1, DUMMY_SLICE_SIZE, DUMMY_SLICE_SIZE, device=self.device)
+    # ---- the patch sampler's heads ---------------------------------------------------------------
+    def _build_projection_heads(self) -> torch.optim.Adam:
+        """Size F's heads by G_enc's feature channels (read from a dummy slice: they do not depend on the
+        slice size), then their optimiser. Built with the networks, so that every rank of a torchrun
+        run starts from the same heads and steps them with the engine's knowledge."""
+        images = torch.zeros(1, 1, DUMMY_SLICE_SIZE, DUMMY_SLICE_SIZE, device=self.device)
         with torch.no_grad():
-            features = self.generator.encode(images[:1], self.config.nce_layers)
+            features = self.generator.encode(images, self.config.nce_layers)
         self.patch_sampler.build([feature.shape[1] for feature in features])
         self.patch_sampler.to(self.device)
-        self.heads_optimizer = self.adam([self.patch_sampler])
+        return self.adam([self.patch_sampler])
 
     def patch_nce(
         self, inputs: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor | None = None
@@ -165,14 +164,12 @@ class ContrastiveTranslationMethod(AdaptationMethod):
         }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {} if self.heads_optimizer is None else {"patch_sampler": self.heads_optimizer}
+        return {"patch_sampler": self.heads_optimizer}
 
     def state_dict(self) -> dict[str, Any]:
-        self.build_projection_heads()
         return {**super().state_dict(), "steps_done": self.steps_done}
 
     def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
-        self.build_projection_heads()  # the saved heads need modules to load into, before any batch
         super().load_state_dict(state, with_optimizers)
         self.steps_done = int(state.get("steps_done", 0))
 

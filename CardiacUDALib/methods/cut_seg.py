@@ -102,7 +102,6 @@ class CutSeg(ContrastiveTranslationMethod):
 
     def train_step(self, source: SliceBatch, target: SliceBatch | None) -> dict[str, float]:
         source_images, target_images = to_signed(source.images), to_signed(target.images)
-        self.build_projection_heads(source_images)
         if self.config.two_stage and self.steps_done >= self.translation_steps:
             losses = self.segmenter_step(source_images, source.labels)
         else:

@@ -149,7 +149,7 @@ class PatchSampler(nn.Module):
     """F of CUT / Zeng Eq. 6-7 / CISFA §3.2: sample locations of each feature map, project, L2-normalise.
 
     One head per tapped layer: Linear(C_l, units), ReLU, Linear(units, units). The channel counts C_l
-    come from the first features seen (:meth:`build`), so whoever owns the sampler creates the heads'
+    come from the encoder's features (:meth:`build`), so whoever owns the sampler creates the heads'
     optimiser after building them.
     """
 
