@@ -143,26 +143,57 @@ class SlicePool:
         )
 
 
-Batches = tuple[SliceBatch, SliceBatch | None]
+Batches = tuple[SliceBatch | None, SliceBatch | None]  # source, target
 
 
-class PrefetchedBatches:
-    """Each step's source and target batches for this rank, the next step's drawn in a background thread
-    while the current one trains (``prefetch``) and put in page-locked memory when training on a GPU."""
+class TrainingBatches:
+    """Each step's source and target batches for this rank, on the training device.
 
-    def __init__(self, draw: Callable[[int], Batches], prefetch: bool, pin: bool) -> None:
-        self.draw = (
-            (lambda step: tuple(b if b is None else b.pin_memory() for b in draw(step))) if pin else draw
-        )
+    Step ``s`` draws ``pool.batch(seed, s, batch_size, augment, deform, shard)`` from each pool (a pool
+    of ``None`` gives ``None``). With ``prefetch`` the next step's batches are drawn in a background
+    thread while the current step trains; on a GPU they wait in page-locked memory, so that the copy runs
+    beside the computation.
+    """
+
+    def __init__(
+        self,
+        pools: tuple[SlicePool | None, SlicePool | None],
+        seed: int,
+        batch_size: int,
+        augment: bool,
+        deform: bool,
+        shard: Shard,
+        device: torch.device,
+        channels_last: bool,
+        prefetch: bool,
+    ) -> None:
+        self.pools = pools
+        self.seed = seed
+        self.batch_size = batch_size
+        self.augment = augment
+        self.deform = deform
+        self.shard = shard
+        self.device = device
+        self.channels_last = channels_last
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="batches") if prefetch else None
         self.pending: dict[int, Future[Batches]] = {}
 
+    def _draw(self, step: int) -> Batches:
+        def batch(pool: SlicePool) -> SliceBatch:
+            drawn = pool.batch(self.seed, step, self.batch_size, self.augment, self.deform, self.shard)
+            return drawn.pin_memory() if self.device.type == "cuda" else drawn
+
+        source, target = (None if pool is None else batch(pool) for pool in self.pools)
+        return source, target
+
     def get(self, step: int, last_step: int) -> Batches:
+        """Step ``step``'s batches on the device; drawing of step ``step + 1`` starts if it is before ``last_step``."""
         future = self.pending.pop(step, None)
-        batches = future.result() if future is not None else self.draw(step)
+        batches = future.result() if future is not None else self._draw(step)
         if self.executor is not None and step + 1 < last_step:
-            self.pending[step + 1] = self.executor.submit(self.draw, step + 1)
-        return batches
+            self.pending[step + 1] = self.executor.submit(self._draw, step + 1)
+        source, target = (None if b is None else b.to(self.device, self.channels_last) for b in batches)
+        return source, target
 
     def close(self) -> None:
         if self.executor is not None:

@@ -31,12 +31,10 @@ from CardiacUDALib import __version__, distributed
 from CardiacUDALib.atomic import check_writable_folder, write_json_atomic
 from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from CardiacUDALib.data import (
-    Batches,
     LoadedVolume,
-    PrefetchedBatches,
     Shard,
-    SliceBatch,
     SlicePool,
+    TrainingBatches,
     load_volumes,
 )
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
@@ -250,7 +248,7 @@ def _train(
         if (method_class.uses_target or stage_names) and job.target
         else None
     )
-    # only rank 0 validates
+    # only rank 0 validates: the other ranks' list is empty
     validation = load_volumes(job.validation, label_map, preprocess, True, loaded) if ranks.is_main else []
     # Only now that every input has been read: a job that fails on its inputs leaves no run folder.
     # From here the folder exists, so that a stop file can be put into it before the first checkpoint.
@@ -288,15 +286,17 @@ def _train(
         write_json_atomic(run.history, history)
         emit({"event": "checkpoint", "path": str(run.last), "step": step})
 
-    shard = Shard(ranks.rank, ranks.count)
-
-    def draw(at_step: int) -> Batches:
-        def batch(pool: SlicePool) -> SliceBatch:
-            return pool.batch(job.seed, at_step, config.batch_size, config.augment, config.deform, shard)
-
-        return batch(source_pool), None if target_pool is None else batch(target_pool)
-
-    batches = PrefetchedBatches(draw, config.prefetch, device.type == "cuda")
+    batches = TrainingBatches(
+        (source_pool, target_pool),
+        job.seed,
+        config.batch_size,
+        config.augment,
+        config.deform,
+        Shard(ranks.rank, ranks.count),
+        device,
+        config.channels_last,
+        config.prefetch,
+    )
     synchronised = distributed.SynchronisedTraining(method.networks(), method.optimizers())
     try:
         started, first_step = time.monotonic(), step
@@ -311,10 +311,7 @@ def _train(
             method.apply_learning_rate(step)
             # rank 0's torch draws are those of a single process; each further rank draws its own
             torch.manual_seed(job.seed * 1_000_003 + step + ranks.rank * 1_000_000_007)
-            source_batch, target_batch = (
-                None if b is None else b.to(device, config.channels_last)
-                for b in batches.get(step, config.iterations)
-            )
+            source_batch, target_batch = batches.get(step, config.iterations)
             source_batch = method.with_appearance(source_batch)
             losses = _run_train_step(method, source_batch, target_batch, config.batch_size)
             losses = distributed.average_losses(losses, device)
@@ -337,11 +334,7 @@ def _train(
                         "eta_s": round(seconds_per_step * (config.iterations - step), 1),
                     }
                 )
-            if (
-                ranks.is_main
-                and validation
-                and (step % config.validate_every == 0 or step == config.iterations)
-            ):
+            if validation and (step % config.validate_every == 0 or step == config.iterations):
                 scores = validate(method, validation, label_map, config.context_slices)
                 history["validation"].append({"step": step, **scores})
                 emit({"event": "validation", "step": step, "dice": scores})

@@ -40,7 +40,7 @@ from CardiacUDALib.arguments import parse_settings
 from CardiacUDALib.benchmark.report import machine_description
 from CardiacUDALib.benchmark.splits import get_dataset
 from CardiacUDALib.checkpoint import Checkpoint
-from CardiacUDALib.data import Batches, PrefetchedBatches, Shard, SliceBatch, SlicePool, load_volumes
+from CardiacUDALib.data import Shard, SlicePool, TrainingBatches, load_volumes
 from CardiacUDALib.inference import TrainedModel
 from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
@@ -80,22 +80,22 @@ def measure_training(args: argparse.Namespace, compiled: bool) -> tuple[dict[str
     method = method_class(config, spec.label_map.num_classes, device)
     prepare_networks(method, ranks)
     synchronised = distributed.SynchronisedTraining(method.networks(), method.optimizers())
-    shard = Shard(ranks.rank, ranks.count)
     method.train_mode()
-
-    def draw(number: int) -> Batches:
-        def batch(pool: SlicePool) -> SliceBatch:
-            return pool.batch(0, number, config.batch_size, config.augment, config.deform, shard)
-
-        return batch(source), batch(target) if method_class.uses_target else None
-
-    batches = PrefetchedBatches(draw, config.prefetch, device.type == "cuda")
+    batches = TrainingBatches(
+        (source, target if method_class.uses_target else None),
+        0,
+        config.batch_size,
+        config.augment,
+        config.deform,
+        Shard(ranks.rank, ranks.count),
+        device,
+        config.channels_last,
+        config.prefetch,
+    )
     total = WARM_UP_STEPS + args.steps
 
     def step(number: int) -> None:
-        source_batch, target_batch = (
-            None if b is None else b.to(device, config.channels_last) for b in batches.get(number, total)
-        )
+        source_batch, target_batch = batches.get(number, total)
         losses = method.train_step(method.with_appearance(source_batch), target_batch)
         distributed.average_losses(losses, device)
         synchronised.after_step()
