@@ -204,6 +204,27 @@ def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck 
     return outcome
 
 
+def training_batches(
+    pools: tuple[SlicePool | None, SlicePool | None],
+    seed: int,
+    config: MethodConfig,
+    ranks: distributed.Ranks,
+    device: torch.device,
+) -> TrainingBatches:
+    """This rank's batches of every step, drawn as ``config`` says (training and ``benchmarks/speed.py``)."""
+    return TrainingBatches(
+        pools,
+        seed,
+        config.batch_size,
+        config.augment,
+        config.deform,
+        Shard(ranks.rank, ranks.count),
+        device,
+        config.channels_last,
+        config.prefetch,
+    )
+
+
 def _train(
     job: TrainJob, ranks: distributed.Ranks, device: torch.device, emit: EventSink, should_stop: StopCheck
 ) -> TrainOutcome:
@@ -286,17 +307,7 @@ def _train(
         write_json_atomic(run.history, history)
         emit({"event": "checkpoint", "path": str(run.last), "step": step})
 
-    batches = TrainingBatches(
-        (source_pool, target_pool),
-        job.seed,
-        config.batch_size,
-        config.augment,
-        config.deform,
-        Shard(ranks.rank, ranks.count),
-        device,
-        config.channels_last,
-        config.prefetch,
-    )
+    batches = training_batches((source_pool, target_pool), job.seed, config, ranks, device)
     synchronised = distributed.SynchronisedTraining(method.networks(), method.optimizers())
     try:
         started, first_step = time.monotonic(), step

@@ -40,11 +40,11 @@ from CardiacUDALib.arguments import parse_settings
 from CardiacUDALib.benchmark.report import machine_description
 from CardiacUDALib.benchmark.splits import get_dataset
 from CardiacUDALib.checkpoint import Checkpoint
-from CardiacUDALib.data import Shard, SlicePool, TrainingBatches, load_volumes
+from CardiacUDALib.data import SlicePool, load_volumes
 from CardiacUDALib.inference import TrainedModel
 from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
-from CardiacUDALib.training import prepare_networks, preprocess_for
+from CardiacUDALib.training import prepare_networks, preprocess_for, training_batches
 
 WARM_UP_STEPS = 5
 RESULT_MARKER = "SPEED-RESULT "
@@ -81,16 +81,8 @@ def measure_training(args: argparse.Namespace, compiled: bool) -> tuple[dict[str
     prepare_networks(method, ranks)
     synchronised = distributed.SynchronisedTraining(method.networks(), method.optimizers())
     method.train_mode()
-    batches = TrainingBatches(
-        (source, target if method_class.uses_target else None),
-        0,
-        config.batch_size,
-        config.augment,
-        config.deform,
-        Shard(ranks.rank, ranks.count),
-        device,
-        config.channels_last,
-        config.prefetch,
+    batches = training_batches(
+        (source, target if method_class.uses_target else None), 0, config, ranks, device
     )
     total = WARM_UP_STEPS + args.steps
 
