@@ -13,7 +13,7 @@ from CardiacUDALib.cases import SEGMENTATION_TAG
 from CardiacUDALib.preprocess import INTENSITY_PRESETS
 
 PROGRAM = "cardiac-uda"
-DEMO_DEFAULT_METHOD = "gin_ipa"
+DEMO_DEFAULT_METHOD = "gin"
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:

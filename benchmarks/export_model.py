@@ -6,8 +6,8 @@ method, its config, label map and preprocessing; no optimiser states, no student
 ordinary CardiacUDA checkpoint (loaded with ``torch.load(weights_only=True)``, content digest checked),
 so ``cardiac-uda segment --checkpoint`` and ``--init`` read it as they read the original.
 
-    python benchmarks/export_model.py runs/st_seed0/checkpoints/best.pt \
-        --out CardiacUDALib/models/mscmrseg_c0_lge_gin_ipa_self_training.pt
+    python benchmarks/export_model.py runs/st800_gin2400_seed2/checkpoints/best.pt \
+        --out CardiacUDALib/models/mscmrseg_c0_lge_gin_self_training.pt
 then ``sha256sum`` and ``stat -c %s`` of the file go into ``CardiacUDALib/models/manifest.json``.
 """
 
