@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
+import CardiacUDASlicerLib  # noqa: F401  (light; in a source checkout it puts the library on sys.path)
 import qt
 import slicer
 import vtk
@@ -31,10 +32,19 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# The oldest Slicer this module runs in (its segments' terminology API and Python 3.10+ syntax). The
+# extension's CMakeLists.txt refuses older versions at configure time; this stops a source checkout.
+MINIMUM_SLICER_VERSION = (5, 10)
+if (slicer.app.majorVersion, slicer.app.minorVersion) < MINIMUM_SLICER_VERSION:
+    raise ImportError(
+        "CardiacUDA needs Slicer {}.{} or later; this is Slicer {}".format(
+            *MINIMUM_SLICER_VERSION, slicer.app.applicationVersion
+        )
+    )
+
 README_URL = "https://github.com/CardiacUDA/SlicerCardiacUDA#readme"
 SETTINGS_PREFIX = "CardiacUDA/"
 POLL_INTERVAL_MS = 200
-TERMINOLOGY_FILE_NAME = "SegmentationCategoryTypeModifier-CardiacUDA.term.json"
 
 
 class CardiacUDA(ScriptedLoadableModule):
@@ -65,12 +75,9 @@ class CardiacUDA(ScriptedLoadableModule):
             "al., 'Revisiting Batch Normalization For Practical Domain Adaptation', 2016 (AdaBN). Please cite the "
             "method you use."
         )
-        slicer.app.connect("startupCompleted()", self.loadTerminology)
-
-    def loadTerminology(self) -> None:
-        """Make the cardiac terminology selectable in the Segment Editor (the segments made here use it)."""
-        path = Path(self.parent.path).parent / "Resources" / "Terminology" / TERMINOLOGY_FILE_NAME
-        slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(path))
+        # At start-up the Terminologies module is there only once start-up has completed; a module loaded
+        # later (no such signal) loads it when its panel opens or results are imported (Logic.loadTerminology).
+        slicer.app.connect("startupCompleted()", CardiacUDALogic.loadTerminology)
 
 
 @parameterNodeWrapper
@@ -130,16 +137,21 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = CardiacUDALogic()
+        self.logic.loadTerminology()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.fillMethodComboBox()
         self.fillDeviceComboBox()
         self.ui.methodComboBox.currentIndexChanged.connect(self.onMethodChanged)
-        self.ui.presetComboBox.currentIndexChanged.connect(self.updateTimeEstimate)
+        self.ui.presetComboBox.currentIndexChanged.connect(self.onPresetChanged)
         self.ui.iterationsSpinBox.valueChanged.connect(self.updateTimeEstimate)
         self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
         self.ui.targetVolumesSelector.checkedNodesChanged.connect(self.onTargetsChanged)
+        # By signature: qMRMLNodeComboBox also has currentNodeChanged(bool), as Slicer's own modules connect it.
+        self.ui.outputSegmentationSelector.connect(
+            "currentNodeChanged(vtkMRMLNode*)", self.onOutputSegmentationChanged
+        )
         self.ui.addSourcePairButton.clicked.connect(self.onAddSourcePair)
         self.ui.removeSourcePairsButton.clicked.connect(self.onRemoveSourcePairs)
         self.ui.addScenePairsButton.clicked.connect(self.onAddScenePairs)
@@ -161,7 +173,6 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.clearCacheButton.clicked.connect(self.onClearCache)
         self.ui.compareButton.clicked.connect(self.onCompareResults)
         self.initializeParameterNode()
-        self.onMethodChanged()
         self.onCheckpointChanged(self.ui.checkpointPathLineEdit.currentPath)
         self.updateModelButtons()
 
@@ -204,7 +215,7 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.execution is not None and not self.execution.finished:
             self.execution.kill()
         if self.download is not None:
-            self.download.cancel()
+            self.download.kill()
         self.timer.stop()
         self.downloadTimer.stop()
         self.removeObservers()
@@ -242,12 +253,18 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for node in self._parameterNode.targetVolumes:
                 self.ui.targetVolumesSelector.setCheckState(node, qt.Qt.Checked)
             self.ui.targetVolumesSelector.blockSignals(False)
+            self.showMethodSettings()
             self._checkCanApply()
 
     def onTargetsChanged(self) -> None:
         """The checkable combo box has no parameter-node connector: copy its checked nodes by hand."""
         if self._parameterNode:
             self._parameterNode.targetVolumes = list(self.ui.targetVolumesSelector.checkedNodes())
+
+    def onOutputSegmentationChanged(self, node: Any) -> None:
+        """The button's only slot takes a vtkMRMLSegmentationNode*, so the .ui cannot connect the
+        selector's vtkMRMLNode* signal to it (Qt refuses the argument type); PythonQt passes the node."""
+        self.ui.show3DButton.setSegmentationNode(node)
 
     # ---- enabled states and tooltips -----------------------------------------------------------
 
@@ -376,18 +393,45 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- method, device, time estimate ---------------------------------------------------------
 
-    def onMethodChanged(self) -> None:
+    # Method and preset are kept in the parameter node by hand: Slicer's only QComboBox-to-str connector
+    # refills the combo box from a fixed Choice list and raises without one (guiConnectors.py), while
+    # these lists depend on the installed library.
+
+    def showMethodSettings(self) -> None:
+        """Select the parameter node's method and preset in the combo boxes (where they are listed)."""
+        node = self._parameterNode
+        if node is None:
+            return
+        self.ui.methodComboBox.blockSignals(True)
+        self.ui.methodComboBox.currentIndex = max(self.ui.methodComboBox.findText(node.method), 0)
+        self.ui.methodComboBox.blockSignals(False)
+        self.fillPresetComboBox(node.preset)
+        self.onPresetChanged()
+
+    def fillPresetComboBox(self, preset: str) -> None:
+        """The method's presets, selecting ``preset`` if the method has it, else its first."""
         choice = self.methodChoices.get(self.ui.methodComboBox.currentText)
         if choice is None:
             return
         self.ui.methodDescriptionLabel.text = choice.description
-        preset = self.ui.presetComboBox.currentText
         self.ui.presetComboBox.blockSignals(True)
         self.ui.presetComboBox.clear()
         for name in choice.presets:
             self.ui.presetComboBox.addItem(name)
         self.ui.presetComboBox.currentText = preset if preset in choice.presets else choice.presets[0]
         self.ui.presetComboBox.blockSignals(False)
+
+    def onMethodChanged(self) -> None:
+        self.fillPresetComboBox(self.ui.presetComboBox.currentText)
+        self.onPresetChanged()
+
+    def onPresetChanged(self) -> None:
+        """Write the chosen method and preset to the parameter node (nothing while none is listed)."""
+        node = self._parameterNode
+        if node is not None and self.ui.methodComboBox.currentText in self.methodChoices:
+            with slicer.util.NodeModify(node):
+                node.method = self.ui.methodComboBox.currentText
+                node.preset = self.ui.presetComboBox.currentText
         self.updateTimeEstimate()
 
     def onDeviceChanged(self) -> None:
@@ -493,8 +537,12 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         choice = self.currentModelChoice()
         if choice is None:
             return
-        self.download = ModelDownload(choice.entry)
-        self.download.start()
+        with slicer.util.tryWithErrorDisplay(_("The download could not start."), waitCursor=True):
+            download = ModelDownload(choice.entry)
+            download.start()
+            self.download = download
+        if self.download is None:
+            return
         self.ui.modelProgressBar.setRange(0, 100)
         self.ui.modelProgressBar.value = 0
         self.log(_("Downloading {title}...").format(title=choice.entry.title))
@@ -508,12 +556,12 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onPollDownload(self) -> None:
         """Show the download's progress; once it has ended, use its file or say why there is none."""
         download = self.download
+        outcome = download.poll()
         self.ui.modelProgressBar.value = int(100 * download.done / max(download.total, 1))
-        if not download.finished:
+        if outcome is None:
             return
         self.downloadTimer.stop()
         self.download = None
-        outcome = download.outcome
         if outcome.path is not None:
             self.log(_("Downloaded {path}.").format(path=outcome.path))
             self.showModel(download.entry.id)
@@ -586,7 +634,7 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.ensureDependencies(self.confirmInstall)
             if not self.methodChoices:
                 self.fillMethodComboBox()
-                self.onMethodChanged()
+                self.showMethodSettings()
             node = self._parameterNode
             job = TrainJob(
                 method=node.method,
@@ -706,6 +754,13 @@ class CardiacUDALogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self) -> CardiacUDAParameterNode:
         return CardiacUDAParameterNode(super().getParameterNode())
 
+    @staticmethod
+    def loadTerminology() -> None:
+        """Make the cardiac terminology selectable in the Segment Editor (the segments made here use it)."""
+        from CardiacUDASlicerLib.terminology import ensure_terminology_loaded
+
+        ensure_terminology_loaded(slicer.modules.terminologies.logic())
+
     def cacheFolder(self) -> Path:
         from CardiacUDASlicerLib.cache import cache_folder
 
@@ -753,6 +808,7 @@ class CardiacUDALogic(ScriptedLoadableModuleLogic):
     def importRun(self, run: Any, targets: list[vtkMRMLScalarVolumeNode]) -> Any:
         from CardiacUDASlicerLib.adaptation import import_results, target_nodes_by_case
 
+        self.loadTerminology()
         return import_results(
             run, slicer.mrmlScene, slicer.modules.segmentations.logic(), target_nodes_by_case(run, targets)
         )

@@ -6,6 +6,8 @@ the processes that only read events never import torch.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,3 +22,9 @@ def ignore_event(event: Event) -> None:
 
 def never_stop() -> bool:
     return False
+
+
+def print_event(event: Event) -> None:
+    """One event as a JSON line on standard output: how a background process reports (DESIGN.md §2.2)."""
+    sys.stdout.write(json.dumps(event, allow_nan=False, default=str) + "\n")
+    sys.stdout.flush()

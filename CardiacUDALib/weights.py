@@ -16,10 +16,12 @@ checked before any network access. Torch-free: the Slicer panel lists models bef
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,8 @@ import requests
 
 from CardiacUDALib.atomic import atomic_path, file_sha256
 from CardiacUDALib.errors import CheckpointError, InputDataError
-from CardiacUDALib.events import StopCheck, never_stop
+from CardiacUDALib.events import StopCheck, never_stop, print_event
+from CardiacUDALib.runfolder import STOP_FILE_NAME
 from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field, field_types
 
 MANIFEST_VERSION = 1
@@ -382,3 +385,51 @@ def resolve_model(
     """The local file of the manifest's model ``model_id``, downloaded first when there is none."""
     entry = (manifest or load_manifest()).entry(model_id)
     return model_path(entry, cache) or fetch(entry, cache, progress, should_stop, timeout)
+
+
+# ---- a download in a process of its own: ``python -m CardiacUDALib.weights DOWNLOAD.json`` -------------
+
+
+def download_job(entry: ModelEntry, cache: Path | None, timeout: float) -> dict[str, Any]:
+    """What :func:`main` reads: the manifest entry itself (it may come from any manifest), cache, timeout."""
+    return {
+        "entry": dataclasses.asdict(entry),
+        "cache": None if cache is None else str(cache),
+        "timeout": timeout,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fetch the model of the download job file ``argv[0]``, printing job-protocol events (``progress`` in
+    bytes, then ``result`` with its path, or ``error``; ``stopped`` when the ``STOP`` file beside the job file
+    appeared; ``done`` last). The Slicer panel runs it so that the download goes on whatever its own
+    Python threads may do; exit code 0 when the file is there, 1 otherwise."""
+    args = sys.argv[1:] if argv is None else argv
+    stop_file = Path(args[0]).with_name(STOP_FILE_NAME) if args else Path(STOP_FILE_NAME)
+    stopped, code = False, 1
+    try:
+        if len(args) != 1:
+            raise InputDataError("usage: python -m CardiacUDALib.weights DOWNLOAD.json")
+        job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+        path = fetch(
+            _entry_from_dict(job["entry"], 0),
+            None if job["cache"] is None else Path(job["cache"]),
+            lambda done, total: print_event({"event": "progress", "step": done, "total": total}),
+            stop_file.exists,
+            float(job["timeout"]),
+        )
+    except DownloadCancelled as error:
+        stopped = True
+        print_event({"event": "stopped", "message": str(error)})
+        print_event({"event": "error", "message": str(error)})
+    except (CheckpointError, InputDataError, OSError, ValueError, KeyError, TypeError) as error:
+        print_event({"event": "error", "message": str(error) or type(error).__name__})
+    else:
+        print_event({"event": "result", "path": str(path)})
+        code = 0
+    print_event({"event": "done", "stopped": stopped})
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,18 +22,13 @@ from typing import Any
 
 from CardiacUDALib.engine import run_job
 from CardiacUDALib.errors import CardiacUDAError
-from CardiacUDALib.events import Event
+from CardiacUDALib.events import print_event
 from CardiacUDALib.jobs import Job, parse_job
 from CardiacUDALib.runfolder import STOP_FILE_NAME
 
 EXIT_DONE = 0
 EXIT_ERROR = 1
 EXIT_UNEXPECTED = 2
-
-
-def print_event(event: Event) -> None:
-    sys.stdout.write(json.dumps(event, allow_nan=False, default=str) + "\n")
-    sys.stdout.flush()
 
 
 class StopRequest:

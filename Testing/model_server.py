@@ -4,12 +4,16 @@ manifest entries that point at it."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
 import random
+import re
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -125,3 +129,35 @@ def manifest_json(*entries: ModelEntry, version: int = weights.MANIFEST_VERSION)
 def write_manifest(path: Path, data: dict) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+@contextlib.contextmanager
+def serving_folder_in_a_process(folder: Path) -> Iterator[str]:
+    """``folder``'s files over HTTP from another process (``python -m http.server``); yields its base URL.
+
+    For tests that hold the GIL in this process, as Slicer's main thread does: a server thread here would
+    stall with the code under test."""
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        port = re.search(r"port (\d+)", server.stdout.readline())[1]  # "Serving HTTP on 127.0.0.1 port N ..."
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def ticks_with_the_gil_held(poll: Callable[[], object], tick_s: float, limit: int) -> int:
+    """Call ``poll`` once per tick until it returns something other than None, holding the GIL between
+    calls as Slicer's main thread does while its event loop waits for the next timer (PythonQt never
+    releases it there): a C call through ``ctypes.PyDLL`` keeps the GIL. Returns the ticks it took."""
+    hold = ctypes.PyDLL(None).usleep
+    for tick in range(1, limit + 1):
+        if poll() is not None:
+            return tick
+        hold(int(tick_s * 1e6))
+    return limit + 1

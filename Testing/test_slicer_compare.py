@@ -123,6 +123,17 @@ def test_compare_layout_shows_each_result_in_its_own_view_and_reliability_in_the
     assert foregrounds == [None, None, None, reliability.GetID()]
 
 
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_every_compare_view_is_in_one_view_group_so_that_linking_moves_them_all(mrml, count):
+    """Slicer links only slice views of one view group; three-over-three's bottom row is in group 1."""
+    target = oblique_target(mrml)
+    nodes, _ = results(mrml, target, count)
+    layout, _logic = layout_node(mrml)
+    views = show_comparison(layout, target, nodes)
+    groups = {mrml.scene.GetSingletonNode(name, "vtkMRMLSliceNode").GetViewGroup() for name in views}
+    assert len(groups) == 1
+
+
 def test_layout_grows_with_the_results_and_refuses_too_many(mrml):
     target = oblique_target(mrml)
     nodes, _ = results(mrml, target, 7)

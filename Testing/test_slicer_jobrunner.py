@@ -159,3 +159,35 @@ def test_a_worker_that_ignores_the_stop_is_killed_with_its_children(tmp_path):
     while process_alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not process_alive(grandchild)
+
+
+SPLIT_LINE_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    sys.stdout.write('{"event": "status", "message": "one"}\\n{"event": "sta')
+    sys.stdout.flush()
+    time.sleep(0.5)
+    sys.stdout.write('tus", "message": "two"}')
+    sys.stderr.write("a warning\\n")
+    """
+)
+
+
+def test_events_come_whole_from_the_output_files_which_stay_as_the_jobs_log(tmp_path):
+    """No reader thread (Slicer's main thread holds the GIL between timer ticks): poll reads the output
+    files; a line half written is kept for the next poll, and a last line without newline still counts."""
+    job = WorkerJob(
+        TranslateJob(Path("x.pt"), [], tmp_path),
+        tmp_path / "job.json",
+        [sys.executable, "-c", SPLIT_LINE_WORKER],
+    )
+    job.start()
+    events = poll_until(job, lambda events: job.outcome() is not None)
+    assert events[0] == {"event": "status", "message": "one"}
+    assert sorted(events[1:], key=str) == [
+        {"event": "log", "message": "a warning"},
+        {"event": "status", "message": "two"},
+    ]
+    assert job.poll() == []
+    out, err = job.output_files
+    assert (out, err) == (tmp_path / "job.out", tmp_path / "job.err") and err.read_text() == "a warning\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,8 +127,21 @@ def top_level_imports(path: Path) -> set[str]:
 
 
 def test_the_module_file_imports_neither_torch_nor_the_library_at_file_scope():
+    """Only the helpers' bare package (its ``__init__`` puts a source checkout's library on sys.path, with
+    the standard library alone), never a helper module, the library, torch or numpy."""
     imports = top_level_imports(MODULE / "CardiacUDA.py")
-    assert not imports & {"torch", "CardiacUDALib", "CardiacUDASlicerLib", "numpy", "SimpleITK"}
+    assert not imports & {"torch", "CardiacUDALib", "numpy", "SimpleITK"}
+    helper_imports = [
+        node
+        for node in ast.parse((MODULE / "CardiacUDA.py").read_text()).body
+        if isinstance(node, ast.Import | ast.ImportFrom) and "CardiacUDASlicerLib" in ast.unparse(node)
+    ]
+    assert [ast.unparse(node) for node in helper_imports] in ([], ["import CardiacUDASlicerLib"])
+    assert top_level_imports(MODULE / "CardiacUDASlicerLib" / "__init__.py") <= {
+        "importlib",
+        "sys",
+        "pathlib",
+    }
     classes = {
         node.name
         for node in ast.parse((MODULE / "CardiacUDA.py").read_text()).body
@@ -167,3 +182,17 @@ def test_requirements_are_library_dependencies_and_leave_slicers_own_packages_al
             f"{requirement} differs from the library's pyproject dependency"
         )
     assert not {r.split(">")[0].lower() for r in requirements} & {"numpy", "simpleitk", "torch"}
+
+
+def test_a_source_checkout_finds_its_library_from_the_module_folder_alone(tmp_path):
+    """Slicer's *Additional module paths* puts only ``<repo>/CardiacUDA`` on sys.path (no recursive scan,
+    only the folder of each module file): importing the module's package must make the library importable.
+    ``-S`` leaves out site-packages, where the editable install would find it anyway."""
+    probe = (
+        f"import sys; sys.path.insert(0, {str(MODULE)!r}); import importlib.util, CardiacUDASlicerLib; "
+        "print(importlib.util.find_spec('CardiacUDALib').origin)"
+    )
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
+    assert Path(found.strip()) == LIBRARY / "__init__.py"

@@ -227,3 +227,42 @@ def test_a_checkpoint_of_an_unknown_method_is_refused_with_advice(tmp_path):
         match="method 'transformer_uda', which this CardiacUDA does not know.*update the CardiacUDA extension",
     ):
         describe_checkpoint(path)
+
+
+def nodes_by_class(scene) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for index in range(scene.GetNumberOfNodes()):
+        name = scene.GetNthNode(index).GetClassName()
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_import_and_export_leave_no_node_behind_but_the_segmentation(mrml):
+    """Slicer's export adds a '<segmentation>_ColorTable' node for a label map without a User colour
+    table, and removing a volume keeps its display node: neither may stay in the user's scene."""
+    target = volume(mrml)
+    before = nodes_by_class(mrml.scene)
+    node = segmentation_from_label_image(
+        label_image_on(target, labels_200_500_600()), MSCMRSEG, target, "result", mrml.segmentations_logic
+    )
+    after_import = nodes_by_class(mrml.scene)
+    added = {name: after_import[name] - before.get(name, 0) for name in after_import}
+    assert {name: count for name, count in added.items() if count} == {
+        "vtkMRMLSegmentationNode": 1,
+        "vtkMRMLSegmentationDisplayNode": 1,
+    }
+    label_image_from_segmentation(node, target, label_map_from_segmentation(node), mrml.segmentations_logic)
+    assert nodes_by_class(mrml.scene) == after_import
+
+
+def test_the_terminology_is_loaded_once_whenever_it_is_asked_for():
+    """A module loaded after start-up never sees startupCompleted(): the panel and the import ask again."""
+    from CardiacUDASlicerLib.terminology import ensure_terminology_loaded
+
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert ensure_terminology_loaded(logic) == "CardiacUDA cardiac structures"
+    assert ensure_terminology_loaded(logic) == "CardiacUDA cardiac structures"
+    names = vtkStringArray()
+    logic.GetLoadedTerminologyNames(names)
+    loaded = [names.GetValue(index) for index in range(names.GetNumberOfValues())]
+    assert loaded.count("CardiacUDA cardiac structures") == 1

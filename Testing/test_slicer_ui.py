@@ -52,6 +52,7 @@ EXPECTED_CLASSES = {  # what the module code does with each widget decides its c
     "clearCacheButton": "QPushButton",
     "outputsCollapsibleButton": "ctkCollapsibleButton",  # collapsed
     "outputSegmentationSelector": "qMRMLNodeComboBox",
+    "show3DButton": "qMRMLSegmentationShow3DButton",  # setSegmentationNode(vtkMRMLSegmentationNode*)
     "translatedVolumeSelector": "qMRMLNodeComboBox",
     "metricsTableSelector": "qMRMLNodeComboBox",
     "compareSegmentationsSelector": "qMRMLCheckableNodeComboBox",  # checkedNodes()

@@ -6,7 +6,8 @@ A run lives in one folder::
     inputs/                   the nodes as NRRD files (exact geometry), cropped to the ROI where one was given:
                               source_<case>.nrrd + source_<case>_label.nrrd per source pair, <case>.nrrd
                               (+ <case>_reference.nrrd) per target
-    jobs/main.json            the train / segment job; jobs/evaluate.json when reference segmentations exist
+    jobs/main.json            the train / segment job; jobs/evaluate.json when reference segmentations exist;
+                              beside each, its worker's events (.out) and log (.err)
     work/                     the library's out_dir: checkpoints/, segmentations/, translations/, STOP
     evaluation/metrics.json   per-volume Dice / ASSD / HD95
 

@@ -180,7 +180,8 @@ def show_comparison(
 
     Each segmentation's display node is restricted to its own slice view (it no longer shows in other
     views, the 3D view included, until its view list is cleared in the Data module); the views get one
-    orientation and are linked, so that they browse the same slice.
+    orientation, one view group and linked control, so that they browse the same slice (Slicer links only
+    views of one group, and three-over-three puts its bottom row in group 1).
     """
     arrangement, names = _compare_arrangement(layout_node, len(segmentation_nodes))
     layout_node.SetViewArrangement(arrangement)
@@ -192,7 +193,9 @@ def show_comparison(
             f"the layout made no slice view {', '.join(missing)}: the scene has no layout manager or logic"
         )
     orientation = slice_nodes[0].GetOrientation()
+    view_group = slice_nodes[0].GetViewGroup()
     for slice_node in slice_nodes:
+        slice_node.SetViewGroup(view_group)
         # An arrangement's orientations apply to new views only (an existing Yellow stays sagittal): give
         # every view the first one's, turned to the target's voxel planes, so all show the same slice.
         slice_node.SetOrientation(orientation)

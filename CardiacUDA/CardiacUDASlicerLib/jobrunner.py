@@ -1,9 +1,11 @@
-"""Runs one library job in a worker process and reads its JSON events without blocking.
+"""Runs a library process (a job's worker, a model download) in the background and reads its events.
 
-The worker (``python -m CardiacUDALib.worker JOB.json``) prints one JSON object per line. Two reader
-threads move its standard output and error into a queue; :meth:`WorkerJob.poll` drains that queue on
-the caller's thread (the GUI's timer, or :meth:`WorkerJob.wait` in batch mode), so only that thread
-ever touches MRML.
+The process (``python -m CardiacUDALib.worker JOB.json``) prints one JSON object per line. Its standard
+output and error go to two files beside the job file, and :meth:`WorkerProcess.poll` reads the lines
+added since its last call, on the caller's thread (the GUI's timer, or :meth:`wait` in batch mode):
+so only that thread ever touches MRML, and nothing depends on a Python thread getting the GIL. (Inside
+Slicer the main thread holds the GIL whenever it is not running Python, so a reader thread there
+advances only while a timer callback runs; the files also keep the worker's log for the user.)
 
 Cancel is graceful first: the stop file makes a training job save ``last.pt`` and exit 0, so the run can
 be resumed. If the worker is still alive ``stop_grace_s`` seconds later, its whole process tree is
@@ -17,17 +19,15 @@ import contextlib
 import importlib.util
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import slicer
 
@@ -38,7 +38,6 @@ from CardiacUDALib.runfolder import STOP_FILE_NAME
 Event = dict[str, Any]
 WORKER_MODULE = "CardiacUDALib.worker"
 DEFAULT_STOP_GRACE_S = 60.0
-_STREAM_CLOSED = object()
 
 
 class WorkerUnavailableError(RuntimeError):
@@ -110,65 +109,85 @@ def seconds_per_step(event: Event) -> float | None:
     return float(event["eta_s"]) / remaining
 
 
-class WorkerJob:
-    """One job file run by one worker process; see the module docstring."""
+class OutputFile:
+    """The complete lines appended to a file since the last call (the last, unended line waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.unended = b""
+
+    def new_lines(self, ended: bool = False) -> list[str]:
+        """Lines added since the last call; ``ended`` (the writer has exited) returns an unended last line too."""
+        with contextlib.suppress(FileNotFoundError), self.path.open("rb") as stream:
+            stream.seek(self.offset)
+            data = stream.read()
+            self.offset += len(data)
+            self.unended += data
+        *lines, self.unended = self.unended.split(b"\n")
+        if ended and self.unended:
+            lines.append(self.unended)
+            self.unended = b""
+        return [
+            text for line in lines if (text := line.decode("utf-8", errors="replace").rstrip("\r")).strip()
+        ]
+
+
+class WorkerProcess:
+    """One background process printing job-protocol events; see the module docstring.
+
+    ``output_stem`` names its output files (``<stem>.out``: events, ``<stem>.err``: its log) and
+    ``stop_file`` the file whose existence asks it to stop.
+    """
 
     def __init__(
         self,
-        job: Job,
-        job_file: Path,
-        command: list[str] | None = None,
+        command: list[str],
+        output_stem: Path,
+        stop_file: Path,
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
     ) -> None:
-        self.job = job
-        self.job_file = Path(job_file)
         self.command = command
+        self.output_stem = Path(output_stem)
+        self.stop_file = Path(stop_file)
         self.stop_grace_s = stop_grace_s
         self.process: subprocess.Popen | None = None
-        self.events: queue.Queue = queue.Queue()
         self.kill_deadline: float | None = None
         self.killed = False
-        self._open_streams = 0
+        self._outputs: list[tuple[OutputFile, Callable[[str], Event]]] = []
+        self._ended = False  # the process has exited and its output files are read to the end
         self._result: dict[str, Any] | None = None
         self._error: str | None = None
         self._stopped = False
 
     @property
-    def stop_file(self) -> Path:
-        return self.job.out_dir / STOP_FILE_NAME
+    def output_files(self) -> tuple[Path, Path]:
+        return self.output_stem.with_name(self.output_stem.name + ".out"), self.output_stem.with_name(
+            self.output_stem.name + ".err"
+        )
 
     def start(self) -> None:
-        """Write the job file and start the worker; returns at once."""
-        write_json_atomic(self.job_file, self.job.to_dict())
-        command = self.command or [worker_interpreter(), "-m", WORKER_MODULE, str(self.job_file)]
+        """Start the process with its output going to the output files; returns at once."""
         platform_options: dict[str, Any] = (
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
             if sys.platform == "win32"
             else {"start_new_session": True}
         )
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            env=worker_environment(),
-            **platform_options,
-        )
-        self._open_streams = 2
-        for stream, parse in (
-            (self.process.stdout, self._parse_event),
-            (self.process.stderr, self._log_line),
-        ):
-            threading.Thread(target=self._read, args=(stream, parse), daemon=True).start()
-
-    def _read(self, stream: IO[str], parse: Callable[[str], Event]) -> None:
-        for line in stream:
-            if line.strip():
-                self.events.put(parse(line.rstrip("\n")))
-        self.events.put(_STREAM_CLOSED)
+        stdout_path, stderr_path = self.output_files
+        stdout_path.parent.mkdir(parents=True, exist_ok=True)
+        with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                env=worker_environment(),
+                **platform_options,
+            )
+        self._outputs = [
+            (OutputFile(stdout_path), self._parse_event),
+            (OutputFile(stderr_path), self._log_line),
+        ]
 
     @staticmethod
     def _parse_event(line: str) -> Event:
@@ -185,24 +204,21 @@ class WorkerJob:
 
     @property
     def running(self) -> bool:
-        """True until the process has exited and both of its output streams are read to the end."""
-        return self.process is not None and (self.process.poll() is None or self._open_streams > 0)
+        """True until the process has exited and :meth:`poll` has read its output to the end."""
+        return self.process is not None and not self._ended
 
     def poll(self) -> list[Event]:
-        """Every event that arrived since the last call (never waits); kills the tree once a cancel times out."""
+        """Every event written since the last call (never waits); kills the tree once a cancel times out."""
+        if self.process is None or self._ended:
+            return []
         if self.kill_deadline is not None and time.monotonic() > self.kill_deadline and not self.killed:
             self.kill()
-        arrived = []
-        while True:
-            try:
-                item = self.events.get_nowait()
-            except queue.Empty:
-                return arrived
-            if item is _STREAM_CLOSED:
-                self._open_streams -= 1
-                continue
-            self._remember(item)
-            arrived.append(item)
+        exited = self.process.poll() is not None  # before reading: what it wrote before exiting is read now
+        arrived = [parse(line) for output, parse in self._outputs for line in output.new_lines(ended=exited)]
+        for event in arrived:
+            self._remember(event)
+        self._ended = exited
+        return arrived
 
     def _remember(self, event: Event) -> None:
         kind = event.get("event")
@@ -214,20 +230,20 @@ class WorkerJob:
             self._stopped = self._stopped or kind == "stopped" or bool(event.get("stopped"))
 
     def request_stop(self) -> None:
-        """Ask the worker to save its checkpoint and exit; the tree is killed if it is still alive after the grace."""
+        """Ask the process to stop cleanly; its tree is killed if it is still alive after the grace."""
         self.stop_file.parent.mkdir(parents=True, exist_ok=True)
         self.stop_file.touch()
         if self.kill_deadline is None:
             self.kill_deadline = time.monotonic() + self.stop_grace_s
 
     def kill(self) -> None:
-        """Kill the worker's whole process tree now."""
+        """Kill the process's whole tree now."""
         if self.process is not None and self.process.poll() is None:
             self.killed = True
             kill_process_tree(self.process)
 
     def outcome(self) -> JobOutcome | None:
-        """How the job ended, or None while it runs."""
+        """How the process ended, or None while it runs (or its output is not read to the end)."""
         if self.process is None or self.running:
             return None
         exit_code = self.process.returncode
@@ -235,7 +251,7 @@ class WorkerJob:
         if error is None and self.killed:
             error = "the job was cancelled and its worker killed (it did not stop in time)"
         elif error is None and (exit_code != 0 or self._result is None):
-            error = f"the worker ended unexpectedly (exit code {exit_code}); see the log"
+            error = f"the worker ended unexpectedly (exit code {exit_code}); see {self.output_files[1]}"
         return JobOutcome(
             self._result if error is None else None,
             error,
@@ -243,3 +259,26 @@ class WorkerJob:
             exit_code,
             self.killed,
         )
+
+
+class WorkerJob(WorkerProcess):
+    """One job file run by ``python -m CardiacUDALib.worker``; its output files sit beside the job file."""
+
+    def __init__(
+        self,
+        job: Job,
+        job_file: Path,
+        command: list[str] | None = None,
+        stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+    ) -> None:
+        self.job = job
+        self.job_file = Path(job_file)
+        super().__init__(
+            command or [], self.job_file.with_suffix(""), job.out_dir / STOP_FILE_NAME, stop_grace_s
+        )
+
+    def start(self) -> None:
+        """Write the job file and start the worker; returns at once."""
+        write_json_atomic(self.job_file, self.job.to_dict())
+        self.command = self.command or [worker_interpreter(), "-m", WORKER_MODULE, str(self.job_file)]
+        super().start()

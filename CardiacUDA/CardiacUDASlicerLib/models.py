@@ -1,9 +1,11 @@
-"""The panel's model menu without Qt: the manifest's models, a download in a background thread, and what a run
-does with a chosen model.
+"""The panel's model menu without Qt: the manifest's models, a download in a background process, and what a
+run does with a chosen model.
 
-The download runs :func:`CardiacUDALib.weights.fetch` in a thread; the panel reads its progress
-(``done``/``total`` bytes) and its outcome on a timer, and cancels it through a flag that ``fetch`` checks
-between chunks (a cancelled download keeps its partial file, and the next download resumes it). A chosen
+The download runs :func:`CardiacUDALib.weights.fetch` in a process of its own (``python -m
+CardiacUDALib.weights``; a thread would stall inside Slicer, whose main thread holds the GIL between timer
+ticks); the panel polls its events on a timer (``done``/``total`` bytes, then its outcome), and cancels
+it with a stop file that ``fetch`` checks between chunks (a cancelled download keeps its partial file,
+and the next download resumes it). A chosen
 model is used in one of three ways (:class:`ModelAction`); :func:`job_for_model` turns one into the job and
 the mode that :func:`~CardiacUDASlicerLib.adaptation.prepare_run` runs.
 """
@@ -12,22 +14,26 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import threading
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from CardiacUDALib.atomic import write_json_atomic
 from CardiacUDALib.jobs import TrainJob
+from CardiacUDALib.runfolder import STOP_FILE_NAME
 from CardiacUDALib.weights import (
-    DownloadCancelled,
     DownloadError,
     Manifest,
     ModelEntry,
+    download_job,
     entry_for_file,
-    fetch,
     import_file,
     model_path,
 )
 from CardiacUDASlicerLib.adaptation import RunMode
+from CardiacUDASlicerLib.jobrunner import WorkerProcess, worker_interpreter
 
 MEGABYTE = 2**20
 
@@ -103,8 +109,11 @@ class DownloadOutcome:
 
 
 class ModelDownload:
-    """Fetch one model in a background thread: ``start()``, then read ``done``/``total`` and ``outcome``
-    (None while it runs), and ``cancel()`` it; ``wait()`` blocks (scripts, tests)."""
+    """Fetch one model in a background process: ``start()``, then ``poll()`` on a timer and read
+    ``done``/``total`` and ``outcome`` (None while it runs); ``cancel()`` or ``kill()`` it; ``wait()``
+    blocks (scripts, tests). Its job and output files live in a temporary folder, removed once it has ended."""
+
+    WEIGHTS_MODULE = "CardiacUDALib.weights"
 
     def __init__(self, entry: ModelEntry, cache: Path | None = None, timeout: float = 30.0) -> None:
         self.entry = entry
@@ -113,35 +122,45 @@ class ModelDownload:
         self.done = 0
         self.total = entry.size_bytes
         self.outcome: DownloadOutcome | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._fetch, name=f"CardiacUDA download {entry.id}", daemon=True
+        self.folder = Path(tempfile.mkdtemp(prefix="cardiac-uda-download-"))
+        job_file = self.folder / "download.json"
+        self.process = WorkerProcess(
+            [worker_interpreter(), "-m", self.WEIGHTS_MODULE, str(job_file)],
+            self.folder / "download",
+            self.folder / STOP_FILE_NAME,
         )
-
-    @property
-    def finished(self) -> bool:
-        return self.outcome is not None
+        self._job_file = job_file
 
     def start(self) -> None:
-        self._thread.start()
+        write_json_atomic(self._job_file, download_job(self.entry, self.cache, self.timeout))
+        self.process.start()
 
     def cancel(self) -> None:
         """Ask the download to stop after the chunk it is reading (at most ``timeout`` on a stalled server)."""
-        self._stop.set()
+        self.process.request_stop()
 
-    def wait(self, timeout: float | None = None) -> DownloadOutcome | None:
-        self._thread.join(timeout)
+    def kill(self) -> None:
+        """Stop it now (the module is closing); its partial file stays for the next download to resume."""
+        self.process.kill()
+
+    def poll(self) -> DownloadOutcome | None:
+        """Take the events written since the last call (never waits); the outcome once it has ended."""
+        for event in self.process.poll():
+            if event.get("event") == "progress":
+                self.done, self.total = int(event["step"]), int(event["total"])
+        ended = self.process.outcome()
+        if ended is not None and self.outcome is None:
+            path = (ended.result or {}).get("path")
+            self.outcome = (
+                DownloadOutcome(path=Path(path))
+                if ended.error is None and path
+                else DownloadOutcome(error=ended.error, cancelled=ended.stopped)
+            )
+            shutil.rmtree(self.folder, ignore_errors=True)
         return self.outcome
 
-    def _progress(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-
-    def _fetch(self) -> None:
-        try:
-            path = fetch(self.entry, self.cache, self._progress, self._stop.is_set, self.timeout)
-        except DownloadCancelled as error:
-            self.outcome = DownloadOutcome(error=str(error), cancelled=True)
-        except Exception as error:  # noqa: BLE001  (the thread must always end with an outcome the panel shows)
-            self.outcome = DownloadOutcome(error=str(error) or type(error).__name__)
-        else:
-            self.outcome = DownloadOutcome(path=path)
+    def wait(self, timeout: float | None = None, interval_s: float = 0.05) -> DownloadOutcome | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None and (deadline is None or time.monotonic() < deadline):
+            time.sleep(interval_s)
+        return self.outcome

@@ -8,6 +8,8 @@ class of a :class:`~CardiacUDALib.io.LabelMap`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,28 @@ def place_beside(node: slicer.vtkMRMLNode, reference: slicer.vtkMRMLNode) -> Non
         hierarchy.SetItemParent(items[0], hierarchy.GetItemParent(items[1]))
 
 
+@contextlib.contextmanager
+def temporary_labelmap(scene: slicer.vtkMRMLScene, name: str) -> Iterator[slicer.vtkMRMLLabelMapVolumeNode]:
+    """A label map node for the block only, removed with the display and colour nodes made for it there.
+
+    Slicer's export of segments to a label map whose colour node is not of the User type adds a
+    ``<segmentation>_ColorTable`` node for it (``vtkSlicerSegmentationsModuleLogic::
+    ExportSegmentsToLabelmapNode``, ``AddColorTableNodeForSegmentation``), and removing a volume node
+    leaves its display nodes: without this, every export would leave both in the user's scene.
+    """
+    existing = {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+    node = scene.AddNewNodeByClass(LABELMAP_VOLUME_CLASS, name)
+    try:
+        yield node
+    finally:
+        displays = [node.GetNthDisplayNode(index) for index in range(node.GetNumberOfDisplayNodes())]
+        colours = [display.GetColorNode() for display in displays if display is not None]
+        scene.RemoveNode(node)
+        for added in (*displays, *colours):
+            if added is not None and added.GetID() not in existing and added.GetScene() is scene:
+                scene.RemoveNode(added)
+
+
 def segmentation_from_label_image(
     label_image: sitk.Image,
     label_map: LabelMap,
@@ -131,8 +155,7 @@ def segmentation_from_label_image(
             f"({dict(zip(label_map.values, label_map.class_names))}) does not have"
         )
     scene = reference_volume.GetScene()
-    temporary = scene.AddNewNodeByClass(LABELMAP_VOLUME_CLASS, f"{name} (import)")
-    try:
+    with temporary_labelmap(scene, f"{name} (import)") as temporary:
         temporary.CopyOrientation(reference_volume)  # the exact grid, not its float32 NIfTI rounding
         slicer.util.updateVolumeFromArray(temporary, values.astype(np.int32))
         segmentation_node = scene.AddNewNodeByClass(SEGMENTATION_CLASS, name)
@@ -149,8 +172,6 @@ def segmentation_from_label_image(
             temporary, segmentation_node, segment_id_of_value
         ):
             raise InputDataError(f"Slicer could not import the label map of '{name}'")
-    finally:
-        scene.RemoveNode(temporary)
     segmentation = segmentation_node.GetSegmentation()
     for class_name in label_map.class_names:
         _style_segment(segmentation.GetSegment(class_name), class_name)
@@ -224,9 +245,8 @@ def label_image_from_segmentation(
     check_segmentation_on_volume_grid(segmentation_node, reference_volume)
     values = segment_values(segmentation_node, label_map, require_every_class)
     scene = reference_volume.GetScene()
-    temporary = scene.AddNewNodeByClass(LABELMAP_VOLUME_CLASS, f"{segmentation_node.GetName()} (export)")
     labels = np.zeros(slicer.util.arrayFromVolume(reference_volume).shape, dtype=np.uint16)
-    try:
+    with temporary_labelmap(scene, f"{segmentation_node.GetName()} (export)") as temporary:
         for segment_id, value in values.items():
             segmentations_logic.ExportSegmentsToLabelmapNode(
                 segmentation_node,
@@ -236,8 +256,6 @@ def label_image_from_segmentation(
                 slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
             )
             labels[slicer.util.arrayFromVolume(temporary) > 0] = value
-    finally:
-        scene.RemoveNode(temporary)
     if not labels.any():
         raise InputDataError(
             f"segmentation '{segmentation_node.GetName()}' contains no labelled voxel inside volume "

@@ -13,6 +13,9 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from vtkmodules.vtkCommonCore import vtkStringArray
 
 TERMINOLOGY_FILE = (
     Path(__file__).resolve().parent.parent
@@ -78,3 +81,21 @@ def terminology_type_code(entry: str) -> str:
     """The type code of a segment's terminology string (``87878005`` for the left ventricle), or ``""``."""
     fields = entry.split("~")
     return fields[2].split("^")[1] if len(fields) > 2 and fields[2].count("^") == 2 else ""
+
+
+def terminology_context_name(path: Path = TERMINOLOGY_FILE) -> str:
+    return json.loads(Path(path).read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
+
+
+def ensure_terminology_loaded(terminologies_logic: Any, path: Path = TERMINOLOGY_FILE) -> str:
+    """Load the file's context into Slicer's Terminologies logic unless it is loaded; returns its name.
+
+    ``terminologies_logic`` is a ``vtkSlicerTerminologiesModuleLogic`` (typed ``Any``: the class is not in
+    every ``slicer`` build this package is imported with).
+    """
+    name = terminology_context_name(path)
+    loaded = vtkStringArray()
+    terminologies_logic.GetLoadedTerminologyNames(loaded)
+    if name not in {loaded.GetValue(index) for index in range(loaded.GetNumberOfValues())}:
+        terminologies_logic.LoadTerminologyFromFile(str(path))
+    return name
