@@ -135,6 +135,7 @@ def command_segment(args: argparse.Namespace) -> int:
         cases_from_arguments(args.images, "--images", labelled=False),
         Path(args.out),
         args.device,
+        amp=not args.no_amp,
         largest_component=not args.no_largest_component,
         flip_averaging=not args.no_flip_averaging,
     )
@@ -151,6 +152,7 @@ def command_translate(args: argparse.Namespace) -> int:
         cases_from_arguments(args.images, "--images", labelled=False),
         Path(args.out),
         args.device,
+        amp=not args.no_amp,
     )
     result = run_stoppable(lambda emit, stop: run_job(job, emit, stop), PARTIAL_HINT.format("translations"))
     print(f"wrote {len(result['translations'])} translated image(s) to {args.out}")
@@ -228,6 +230,7 @@ def command_compare(args: argparse.Namespace) -> int:
             cases,
             Path(args.out),
             args.device,
+            amp=not args.no_amp,
             largest_component=not args.no_largest_component,
             flip_averaging=not args.no_flip_averaging,
             emit=emit,

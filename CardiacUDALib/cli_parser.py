@@ -24,6 +24,16 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_amp(parser: argparse.ArgumentParser) -> None:
+    """Inference precision (``segment``, ``translate``, ``compare``; training has ``--set amp=false``)."""
+    parser.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="compute in float32 (default: bfloat16 autocast on CUDA and on CPUs with native bfloat16, "
+        "AVX512-BF16 or AMX-BF16)",
+    )
+
+
 def _add_training_options(parser: argparse.ArgumentParser, default_preset: str) -> None:
     parser.add_argument(
         "--preset", default=default_preset, help=f"settings preset: paper or fast (default: {default_preset})"
@@ -230,6 +240,7 @@ def _add_inference(subparsers: argparse._SubParsersAction, task: str) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_device(parser)
+    _add_amp(parser)
     if task == "segment":
         _add_postprocessing_options(parser)
 
@@ -272,6 +283,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
         help="output folder: one segmentation folder per model, <case>_reliability.nii.gz, agreement.csv/.json/.md",
     )
     _add_device(parser)
+    _add_amp(parser)
     _add_postprocessing_options(parser)
 
 

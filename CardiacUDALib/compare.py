@@ -306,6 +306,7 @@ def segment_and_compare(
     cases: Sequence[VolumeCase],
     out_dir: str | Path,
     device: str = "auto",
+    amp: bool = True,
     largest_component: bool = True,
     flip_averaging: bool = True,
     emit: EventSink = ignore_event,
@@ -337,6 +338,7 @@ def segment_and_compare(
             list(cases),
             result_folder,
             device,
+            amp=amp,
             largest_component=largest_component,
             flip_averaging=flip_averaging,
         )

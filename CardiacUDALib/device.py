@@ -1,7 +1,8 @@
-"""The torch device a job runs on, from the user's ``--device`` word."""
+"""The torch device a job runs on, from the user's ``--device`` word, and whether it computes in bfloat16."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -34,3 +35,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise CardiacUDAError("device 'mps' was asked for, but it is not available here; use --device cpu")
     return device
+
+
+# "1" or "0" replaces the CPU's answer (the tests run both paths on any machine); unset: ask the CPU.
+CPU_BFLOAT16_VARIABLE = "CARDIACUDA_CPU_BFLOAT16"
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """True when the CPU computes bfloat16 natively: AVX512-BF16 or AMX-BF16, as its CPUID reports them
+    (through torch's cpuinfo); elsewhere oneDNN would emulate bfloat16, slower than float32."""
+    forced = os.environ.get(CPU_BFLOAT16_VARIABLE)
+    if forced in ("0", "1"):
+        return forced == "1"
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def bfloat16_autocast(device: torch.device, amp: bool) -> bool:
+    """Whether ``amp`` turns bfloat16 autocast on: on CUDA, and on a CPU with native bfloat16."""
+    return amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bfloat16()))
+
+
+def precision_message(device: torch.device, amp: bool) -> str:
+    """The log line that says what the networks compute in (one per job)."""
+    if bfloat16_autocast(device, amp):
+        return (
+            f"computing in bfloat16 autocast on {device.type} (amp; --set amp=false or --no-amp for float32)"
+        )
+    if not amp:
+        return "computing in float32 (amp off)"
+    if device.type == "cpu":
+        return "computing in float32: this CPU has no native bfloat16 (AVX512-BF16 or AMX-BF16), so amp stays off"
+    return f"computing in float32: amp is not used on {device.type}"

@@ -53,7 +53,8 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
 
 
 def _run_segment(job: SegmentJob, emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    model = TrainedModel.load(job.checkpoint, job.device)
+    model = TrainedModel.load(job.checkpoint, job.device, amp=job.amp)
+    emit({"event": "status", "message": model.precision})
     paths = segment_cases(
         model, job.cases, job.out_dir, emit, job.largest_component, should_stop, job.flip_averaging
     )
@@ -65,7 +66,8 @@ def _run_segment(job: SegmentJob, emit: EventSink, should_stop: StopCheck) -> di
 
 
 def _run_translate(job: TranslateJob, emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
-    model = TrainedModel.load(job.checkpoint, job.device)
+    model = TrainedModel.load(job.checkpoint, job.device, amp=job.amp)
+    emit({"event": "status", "message": model.precision})
     paths = translate_cases(model, job.cases, job.out_dir, emit, should_stop)
     return {"translations": [str(p) for p in paths], "stopped": len(paths) < len(job.cases)}
 

@@ -13,7 +13,7 @@ from scipy import ndimage
 from CardiacUDALib.atomic import check_writable_folder
 from CardiacUDALib.cases import SEGMENTATION_TAG, TRANSLATION_TAG, VolumeCase, check_unique_names, output_path
 from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint
-from CardiacUDALib.device import resolve_device
+from CardiacUDALib.device import precision_message, resolve_device
 from CardiacUDALib.errors import CardiacUDAError, CheckpointError
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.io import LabelMap, classes_to_values, load_case, write_image
@@ -84,20 +84,37 @@ def keep_largest_components(classes: np.ndarray, num_classes: int) -> np.ndarray
 class TrainedModel:
     """A checkpoint loaded for use: segment target volumes, translate source volumes."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, path: Path) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, device: torch.device, path: Path, amp: bool | None = None
+    ) -> None:
+        """``amp`` replaces the checkpoint's setting (None keeps it)."""
         method_class = get_method(checkpoint.method)
         self.checkpoint = checkpoint
         self.label_map = LabelMap.from_dict(checkpoint.label_map)
         self.preprocess = PreprocessConfig.from_dict(checkpoint.preprocess)
+        method_config = checkpoint.method_config | ({} if amp is None else {"amp": amp})
         self.method = method_class(
-            config_from_dict(method_class, checkpoint.method_config), self.label_map.num_classes, device
+            config_from_dict(method_class, method_config), self.label_map.num_classes, device
         )
         load_weights(self.method, checkpoint, path, with_optimizers=False)
         self.method.eval_mode()
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", expected_method: str | None = None) -> TrainedModel:
-        return cls(load_checkpoint(path, expected_method=expected_method), resolve_device(device), Path(path))
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        expected_method: str | None = None,
+        amp: bool | None = None,
+    ) -> TrainedModel:
+        return cls(
+            load_checkpoint(path, expected_method=expected_method), resolve_device(device), Path(path), amp
+        )
+
+    @property
+    def precision(self) -> str:
+        """What its networks compute in here (the job's log line)."""
+        return precision_message(self.method.device, self.method.config.amp)
 
     @property
     def can_translate(self) -> bool:

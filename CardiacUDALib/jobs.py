@@ -69,6 +69,7 @@ class _CheckpointJob(_JobFields):
     cases: list[VolumeCase]
     out_dir: Path
     device: str = "auto"
+    amp: bool = True  # bfloat16 autocast where the device computes it natively (device.bfloat16_autocast)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from CardiacUDALib.data import (
     TrainingBatches,
     load_volumes,
 )
+from CardiacUDALib.device import precision_message
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
 from CardiacUDALib.evaluation import validate
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
@@ -255,6 +256,7 @@ def _train(
     elif initial is not None:
         load_weights(method, initial, job.initial_checkpoint, with_optimizers=False)
     prepare_networks(method, ranks)
+    emit({"event": "status", "message": precision_message(device, config.amp)})
 
     def loaded(done: int, total: int, name: str) -> None:
         emit({"event": "status", "message": f"loaded {name} ({done}/{total})"})

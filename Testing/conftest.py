@@ -5,7 +5,8 @@ Their training seed and torch's thread count come from ``CARDIACUDA_TEST_SEED`` 
 ``CARDIACUDA_TEST_THREADS`` so that ``scripts/sweep_accuracy_tests.py`` can run them over seeds, thread
 counts and CPU kernels; each check goes through :func:`require_gain`, which also writes the measured
 numbers to ``CARDIACUDA_ACCURACY_LOG`` (one JSON line per check) when that variable is set. The
-margins and the sweep that set them: ``Testing/README.md``.
+margins and the sweep that set them: ``Testing/README.md``. Every test computes in float32 unless it
+forces ``CARDIACUDA_CPU_BFLOAT16`` itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from CardiacUDALib.device import CPU_BFLOAT16_VARIABLE
 from CardiacUDALib.evaluation import evaluate_cases
 from CardiacUDALib.inference import TrainedModel, segment_cases
 from CardiacUDALib.io import LABEL_MAPS, LabelMap
@@ -26,6 +28,9 @@ from CardiacUDALib.preprocess import PreprocessConfig
 from CardiacUDALib.training import TrainOutcome, train
 
 TEST_SEED = int(os.environ.get("CARDIACUDA_TEST_SEED", "0"))
+# float32 everywhere, whatever the CPU (workers started by the tests inherit it): the accuracy margins were
+# swept in float32; test_precision.py forces both answers itself.
+os.environ.setdefault(CPU_BFLOAT16_VARIABLE, "0")
 _SWEPT_THREADS = os.environ.get("CARDIACUDA_TEST_THREADS")
 
 

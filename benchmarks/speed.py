@@ -3,7 +3,7 @@ torchrun), inference s/volume, peak memory.
 
     python benchmarks/speed.py --data ../shared/data/mscmrseg19_c0_lge_192 --method source_only \
         [--preset paper] [--set KEY=VALUE ...] [--steps 20] [--volumes 5] [--device auto] \
-        [--compile] [--ranks N]
+        [--compile] [--ranks N] [--amp-both]
 
 Trains ``--steps`` steps (after 5 warm-up steps) on C0 slices (and LGE slices for methods that use the
 target) with the method's preset, through the engine's own parts (each rank's share of the global
@@ -15,7 +15,9 @@ weights, so no trained checkpoint is needed.
 ``--compile`` measures the same steps again with ``compile=true`` and prints the ratio; ``--ranks N``
 starts ``torchrun --standalone --nproc_per_node N`` on this script and prints its steps/s and samples/s
 beside the single process's (each of the N ranks gets cores / N torch threads; the global batch is N
-times the per-rank batch). Prints markdown rows for ``benchmarks/RESULTS.md`` and the full result as JSON.
+times the per-rank batch). ``--amp-both`` times training and inference with ``amp=false`` (float32) and
+``amp=true`` (bfloat16 autocast where the device computes it natively; the result says whether it did)
+and prints the ratios. Prints markdown rows for ``benchmarks/RESULTS.md`` and the full result as JSON.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from CardiacUDALib.benchmark.report import machine_description
 from CardiacUDALib.benchmark.splits import get_dataset
 from CardiacUDALib.checkpoint import Checkpoint
 from CardiacUDALib.data import SlicePool, load_volumes
+from CardiacUDALib.device import bfloat16_autocast
 from CardiacUDALib.inference import TrainedModel
 from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
@@ -61,14 +64,18 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure_training(args: argparse.Namespace, compiled: bool) -> tuple[dict[str, Any], Any, Any]:
-    """Steps/s of this process's rank; returns the result, the method and the data split."""
+def measure_training(
+    args: argparse.Namespace, compiled: bool, amp: bool | None = None
+) -> tuple[dict[str, Any], Any, Any]:
+    """Steps/s of this process's rank (``amp`` replaces the preset's and ``--set``'s when given); returns
+    the result, the method and the data split."""
     ranks = distributed.this_process()
     device, joined = distributed.start(ranks, args.device)
     spec = get_dataset("mscmrseg")
     split = spec.split(Path(args.data), "cross-domain")
     method_class = get_method(args.method)
-    config = build_config(method_class, args.preset, **{**parse_settings(args.set), "compile": compiled})
+    settings = {**parse_settings(args.set), "compile": compiled} | ({} if amp is None else {"amp": amp})
+    config = build_config(method_class, args.preset, **settings)
     preprocess = preprocess_for(config, spec.preprocess)
     source = SlicePool(
         load_volumes(split.source[:10], spec.label_map, preprocess, True), config.context_slices, 0
@@ -107,6 +114,7 @@ def measure_training(args: argparse.Namespace, compiled: bool) -> tuple[dict[str
     result = {
         "processes": ranks.count,
         "compiled": compiled,
+        "bfloat16_autocast": bfloat16_autocast(device, config.amp),
         "threads_per_process": torch.get_num_threads(),
         "global_batch": config.batch_size * ranks.count,
         "train_steps_per_s": round(steps_per_s, 3),
@@ -175,6 +183,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="also time compile=true, and the ratio")
     parser.add_argument("--ranks", type=int, default=1, help="also time N processes under torchrun")
+    parser.add_argument(
+        "--amp-both", action="store_true", help="also time amp=false and amp=true (training and inference)"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # one rank under torchrun: train only
@@ -191,6 +202,18 @@ def main() -> None:
         rows.append(compiled)
         summary["compiled"] = compiled
         summary["compiled_over_eager"] = round(compiled["train_steps_per_s"] / eager["train_steps_per_s"], 2)
+    if args.amp_both:
+        precision = {}
+        for amp in (False, True):
+            trained, amp_method, amp_context = measure_training(args, compiled=False, amp=amp)
+            rows.append(trained)
+            precision[f"amp={str(amp).lower()}"] = trained | measure_inference(args, amp_method, amp_context)
+        faster, slower = precision["amp=true"], precision["amp=false"]
+        summary["amp"] = precision
+        summary["amp_train_speedup"] = round(faster["train_steps_per_s"] / slower["train_steps_per_s"], 2)
+        summary["amp_inference_speedup"] = round(
+            slower["inference_s_per_volume"] / faster["inference_s_per_volume"], 2
+        )
     if args.ranks > 1:
         several = measure_ranks(args)
         rows.append(several)
@@ -206,13 +229,15 @@ def main() -> None:
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         command="python benchmarks/speed.py " + " ".join(sys.argv[1:]),
     )
-    print("| Method (preset) | processes x threads | compiled | global batch | steps/s | samples/s |")
-    print("|---|---|---|---:|---:|---:|")
+    print(
+        "| Method (preset) | processes x threads | compiled | bfloat16 | global batch | steps/s | samples/s |"
+    )
+    print("|---|---|---|---|---:|---:|---:|")
     for row in rows:
         print(
             f"| {args.method} ({args.preset}) | {row['processes']} x {row['threads_per_process']} | "
-            f"{'yes' if row['compiled'] else 'no'} | {row['global_batch']} | {row['train_steps_per_s']} | "
-            f"{row['train_samples_per_s']} |"
+            f"{'yes' if row['compiled'] else 'no'} | {'yes' if row['bfloat16_autocast'] else 'no'} | "
+            f"{row['global_batch']} | {row['train_steps_per_s']} | {row['train_samples_per_s']} |"
         )
     print(json.dumps(summary, indent=2))
 

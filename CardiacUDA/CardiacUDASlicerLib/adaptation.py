@@ -81,7 +81,8 @@ def job_for_mode(mode: RunMode, job: TrainJob) -> TrainJob | SegmentJob:
     """The job a run of ``mode`` runs, from the train job the user set up (its ``initial_checkpoint``: the
     chosen weights); outputs go to :data:`WORK_DIR` and the cases are the run's (see :func:`prepare_run`)."""
     if mode is RunMode.SEGMENT:
-        return SegmentJob(job.initial_checkpoint, [], WORK_DIR / "segmentations", job.device)
+        amp = bool(job.overrides.get("amp", True))  # the user's --set amp=false holds for segmenting too
+        return SegmentJob(job.initial_checkpoint, [], WORK_DIR / "segmentations", job.device, amp)
     if mode is RunMode.ADAPT:  # the method's stages (AdaBN) on the weights, no training step
         return dataclasses.replace(job, out_dir=WORK_DIR, overrides={**job.overrides, "iterations": 0})
     if mode is RunMode.REFINE:  # trains, starting from the weights

@@ -19,6 +19,7 @@ from torch import nn
 
 from CardiacUDALib.appearance import SINGLE_VIEW_APPEARANCES, appearance_views, generator_from_torch_seed
 from CardiacUDALib.data import SliceBatch
+from CardiacUDALib.device import bfloat16_autocast
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.typed_values import checked, field_types
 
@@ -44,7 +45,7 @@ class MethodConfig:
     # method's train_step single-view ones (appearance.SINGLE_VIEW_APPEARANCES) already applied; a method
     # that needs the views in its loss (IPA's consistency, SLAug's saliency) lists them in own_appearances
     appearance: str = "none"
-    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bfloat16 autocast on CUDA and on CPUs with native bfloat16 (device.bfloat16_autocast)
     # speed and several processes (README "Many GPUs"); none of these changes what a step computes
     channels_last: bool = False  # networks and batches in channels-last (NHWC) memory order
     compile: bool = False  # torch.compile every network for training
@@ -87,6 +88,7 @@ class AdaptationMethod:
         self.config = config
         self.num_classes = num_classes
         self.device = device
+        self._float32_outputs = False  # the forward hooks of autocast() are on the networks
 
     # ---- verbs -------------------------------------------------------------------------------
     def train_step(self, source: SliceBatch, target: SliceBatch | None) -> dict[str, float]:
@@ -146,8 +148,16 @@ class AdaptationMethod:
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
-        """bfloat16 autocast on CUDA when ``amp`` is on (no loss scaling needed with bfloat16)."""
-        enabled = self.config.amp and self.device.type == "cuda"
+        """bfloat16 autocast where ``amp`` applies (no loss scaling needed with bfloat16).
+
+        Every network's floating outputs come back as float32, so that what the caller computes from them
+        (losses, softmax and Dice, pseudo-labels) stays in float32; only the networks' own layers run in
+        bfloat16."""
+        enabled = bfloat16_autocast(self.device, self.config.amp)
+        if enabled and not self._float32_outputs:
+            for network in self.networks().values():
+                network.register_forward_hook(_float32_outputs)
+            self._float32_outputs = True
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled):
             yield
 
@@ -164,6 +174,25 @@ class AdaptationMethod:
             for name, optimizer in self.optimizers().items():
                 if name in state.get("optimizers", {}):
                     optimizer.load_state_dict(state["optimizers"][name])
+
+
+def _as_float32(value: Any) -> Any:
+    """``value`` with its bfloat16 tensors as float32: a tensor, or one in tuples, lists, dicts, dataclasses."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.bfloat16 else value
+    if isinstance(value, (tuple, list)):
+        return type(value)([_as_float32(item) for item in value])
+    if isinstance(value, dict):
+        return {key: _as_float32(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.fields(value)
+        return dataclasses.replace(value, **{f.name: _as_float32(getattr(value, f.name)) for f in fields})
+    return value
+
+
+def _float32_outputs(module: nn.Module, inputs: Any, output: Any) -> Any:
+    """Forward hook of :meth:`AdaptationMethod.autocast`."""
+    return _as_float32(output)
 
 
 def build_config(method: type[AdaptationMethod], preset: str = "paper", **overrides: Any) -> MethodConfig:
