@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,7 +21,13 @@ from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.io import LabelMap, classes_to_values, load_case, write_image
 from CardiacUDALib.methods import AdaptationMethod, get_method
 from CardiacUDALib.methods.base import config_from_dict
-from CardiacUDALib.preprocess import PreprocessConfig, prepare_volume, restore_intensity, restore_labels
+from CardiacUDALib.preprocess import (
+    PreparedVolume,
+    PreprocessConfig,
+    prepare_volume,
+    restore_intensity,
+    restore_labels,
+)
 
 
 def load_weights(
@@ -69,15 +77,33 @@ def predict_slices(
     return np.concatenate(predictions)
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 3D connected component (26-connectivity) of a boolean mask; all False if it has none."""
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    return components == int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+
+
+HEART_CENTRE_PASSES = 4  # passes of the window over a field of view, each centred on the last one's heart
+HEART_CENTRE_TOLERANCE = 1.0  # pixels: a window centre that moves less has found the heart
+
+
+def heart_centre(prepared: PreparedVolume, classes: np.ndarray) -> tuple[float, float] | None:
+    """The centre of the box around the largest 3D component of everything labelled in ``classes``
+    (``prepared``'s network slices), as (row, column) of its working slices; None where nothing is."""
+    heart = largest_component(classes > 0)
+    if not heart.any():
+        return None
+    _, rows, columns = np.nonzero(heart)
+    return prepared.working_position((rows.min() + rows.max()) / 2, (columns.min() + columns.max()) / 2)
+
+
 def keep_largest_components(classes: np.ndarray, num_classes: int) -> np.ndarray:
     """Per structure, keep only its largest 3D connected component (26-connectivity)."""
     cleaned = np.zeros_like(classes)
     for label in range(1, num_classes):
-        components, count = ndimage.label(classes == label, structure=np.ones((3, 3, 3)))
-        if count == 0:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        cleaned[components == int(np.argmax(sizes)) + 1] = label
+        cleaned[largest_component(classes == label)] = label
     return cleaned
 
 
@@ -130,11 +156,34 @@ class TrainedModel:
         """A whole volume -> a class label map (uint8, 0 = background) on the input's exact grid.
 
         Post-processing: ``flip_averaging`` (test-time flips, :func:`predict_slices`), then
-        ``largest_component`` (the largest 3D connected component of each structure)."""
+        ``largest_component`` (the largest 3D connected component of each structure).
+
+        Where the network's window does not hold whole slices (a scan's field of view, the heart
+        anywhere), a first pass over whole slices finds the heart, and the window is centred on it; then
+        on the heart each pass finds in its window, until the centre moves less than
+        :data:`HEART_CENTRE_TOLERANCE` pixels (at most :data:`HEART_CENTRE_PASSES` passes): a heart
+        that a window cuts off is seen whole once the window has moved to it."""
+
+        def predict(prepared: PreparedVolume) -> np.ndarray:
+            slices = prepared.with_context(self.preprocess.context_slices)
+            return predict_slices(self.method, slices, batch_size, flip_averaging)
+
         prepared = prepare_volume(image, self.preprocess)
-        predicted = predict_slices(
-            self.method, prepared.with_context(self.preprocess.context_slices), batch_size, flip_averaging
-        )
+        if prepared.window_fits:
+            predicted = predict(prepared)
+        else:
+            whole = dataclasses.replace(self.preprocess, size=prepared.whole_slices())
+            overview = prepare_volume(image, whole)
+            centre = heart_centre(
+                overview, predict_slices(self.method, overview.with_context(whole.context_slices), batch_size)
+            )
+            for _ in range(HEART_CENTRE_PASSES):
+                prepared = prepare_volume(image, self.preprocess, centre=centre)
+                predicted = predict(prepared)
+                found = heart_centre(prepared, predicted)
+                if found is None or centre is None or math.dist(found, centre) < HEART_CENTRE_TOLERANCE:
+                    break
+                centre = found
         classes = restore_labels(prepared, predicted)
         if largest_component:
             array = keep_largest_components(sitk.GetArrayFromImage(classes), self.label_map.num_classes)

@@ -1,8 +1,10 @@
 """From a 3D volume to normalised 2D slices for a 2D network, and the exact way back.
 
 The forward path is: pick the slice axis, optionally resample the two in-plane axes to a fixed
-spacing, normalise intensities over the whole volume, move the slice axis first and centre crop /
-zero-pad every slice to ``size x size``. :class:`PreparedVolume` remembers each step so that
+spacing, move the slice axis first, crop every slice to a ``size x size`` window (centred on the
+image, or on a given point: where the heart was found) or pad it to that size, and normalise
+intensities with the statistics of the voxels inside that window (the same for every slice), so that
+what lies outside it (chest wall, arms, another field of view) does not change them. :class:`PreparedVolume` remembers each step so that
 :func:`restore_labels` and :func:`restore_intensity` can undo them and hand back an image with
 exactly the input's size, spacing, origin and direction, whatever its orientation: outputs are
 compared voxel by voxel with the input in Slicer and in the metrics.
@@ -168,6 +170,25 @@ class PreparedVolume:
         """The image axis (SimpleITK order, x=0 y=1 z=2) the slices were cut along."""
         return self._layout.slice_axis
 
+    @property
+    def window_fits(self) -> bool:
+        """True when the network's window holds all of every working slice (nothing was cropped)."""
+        rows, columns = self._layout.working_region
+        return (rows.stop - rows.start, columns.stop - columns.start) == self._layout.working_slices_shape[1:]
+
+    def working_position(self, row: float, column: float) -> tuple[float, float]:
+        """A position in the network slices as (row, column) of the working slices (the ``centre`` of
+        :func:`prepare_volume`)."""
+        (rows, columns), (network_rows, network_columns) = (
+            self._layout.working_region,
+            self._layout.network_region,
+        )
+        return row - network_rows.start + rows.start, column - network_columns.start + columns.start
+
+    def whole_slices(self) -> int:
+        """The network size that takes whole working slices (the larger in-plane side)."""
+        return max(self._layout.working_slices_shape[1:])
+
     def with_context(self, context_slices: int) -> np.ndarray:
         """``[S, k, size, size]``: each slice with its k // 2 neighbours on each side (2.5D input).
 
@@ -227,31 +248,36 @@ def _in_plane_grid(image: sitk.Image, slice_axis: int, spacing: float) -> _Grid:
 
 
 def _crop_or_pad_regions(
-    shape: tuple[int, int], size: int
+    shape: tuple[int, int], size: int, centre: tuple[float, float] | None = None
 ) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """Matching centred windows in a slice of ``shape`` and in the ``size x size`` network slice."""
+    """Matching windows in a slice of ``shape`` and in the ``size x size`` network slice: centred on the
+    slice, or on ``centre`` (row, column of the slice) and moved inside the slice where it is larger."""
     source = []
     target = []
-    for length in shape:
+    for axis, length in enumerate(shape):
         kept = min(length, size)
-        start_in_source = max(0, (length - size) // 2)
+        wanted = (length - size) // 2 if centre is None else math.floor(centre[axis] + 0.5 - size / 2)
+        start_in_source = min(max(0, wanted), max(0, length - size))
         start_in_target = max(0, (size - length) // 2)
         source.append(slice(start_in_source, start_in_source + kept))
         target.append(slice(start_in_target, start_in_target + kept))
     return (source[0], source[1]), (target[0], target[1])
 
 
-def _normalise(volume: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Intensities of the whole volume to the preset's range (float32); constant volumes give zeros."""
+def _normalise(volume: np.ndarray, window: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Intensities of ``volume`` to the preset's range (float32), with the statistics of the voxels in
+    ``window`` (the network's view of it); a constant window gives zeros."""
     values = volume.astype(np.float64)
+    seen = window.astype(np.float64)
     if config.intensity == "ct_window":
         level, width = config.ct_window
         low, high = level - width / 2, level + width / 2
     else:
-        low, high = (float(v) for v in np.percentile(values, config.clip_percentiles))
+        low, high = (float(v) for v in np.percentile(seen, config.clip_percentiles))
     clipped = np.clip(values, low, high)
     if config.intensity == "percentile_zscore":
-        normalised = (clipped - clipped.mean()) / max(float(clipped.std()), _SCALE_FLOOR)
+        seen_clipped = np.clip(seen, low, high)
+        normalised = (clipped - seen_clipped.mean()) / max(float(seen_clipped.std()), _SCALE_FLOOR)
     else:
         normalised = (clipped - low) / max(high - low, _SCALE_FLOOR)
     return normalised.astype(np.float32)
@@ -277,9 +303,13 @@ def _to_network_slices(volume: np.ndarray, layout: _SliceLayout, size: int, fill
 
 
 def prepare_volume(
-    image: sitk.Image, config: PreprocessConfig, label: sitk.Image | None = None
+    image: sitk.Image,
+    config: PreprocessConfig,
+    label: sitk.Image | None = None,
+    centre: tuple[float, float] | None = None,
 ) -> PreparedVolume:
-    """Slices (and label slices) of ``image`` for the network, as ``config`` describes."""
+    """Slices (and label slices) of ``image`` for the network, as ``config`` describes; the window is
+    centred on ``centre`` (row, column of the working slices, see ``inference.heart_centre``) when given."""
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputDataError(
             f"a scalar 3D image is needed, got a {image.GetDimension()}D image with "
@@ -298,9 +328,11 @@ def prepare_volume(
         if label is not None:
             label = working_grid.resample(label, sitk.sitkNearestNeighbor, 0)
     in_plane_shape = _slices_first_shape(working_grid.size, slice_axis)[1:]
-    working_region, network_region = _crop_or_pad_regions(in_plane_shape, config.size)
+    working_region, network_region = _crop_or_pad_regions(in_plane_shape, config.size, centre)
     layout = _SliceLayout(input_grid, working_grid, slice_axis, working_region, network_region)
-    volume = _normalise(sitk.GetArrayViewFromImage(image), config)
+    array = sitk.GetArrayViewFromImage(image)
+    window = _to_slices_first(array, slice_axis)[(slice(None), *working_region)]
+    volume = _normalise(array, window, config)
     slices = _to_network_slices(volume, layout, config.size, float(volume.min()))
     labels = None if label is None else _to_network_slices(_label_classes(label), layout, config.size, 0)
     return PreparedVolume(slices, labels, layout)
