@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from CardiacUDALib.cases import VolumeCase, check_unique_names
+from CardiacUDALib.cases import SEGMENTATION_TAG, VolumeCase, case_name_of_output, check_unique_names
 from CardiacUDALib.data import LoadedVolume
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.inference import predict_slices
@@ -34,12 +34,25 @@ def validate(
 def evaluate_cases(
     predictions: Sequence[Path], references: Sequence[VolumeCase], label_map: LabelMap
 ) -> EvaluationTable:
-    """Per-volume 3D Dice / ASSD / HD95 (mm) of prediction files against the cases' reference labels."""
+    """Per-volume 3D Dice / ASSD / HD95 (mm) of prediction files against the cases' reference labels.
+
+    Each prediction is scored against the reference case it is named after (``<case>_seg<ext>`` or
+    ``<case><ext>``), whatever the order of the two lists: a job file that lists them in another order
+    must not score one patient's labels against another's. The table keeps the references' order."""
     if len(predictions) != len(references):
         raise InputDataError(f"{len(predictions)} predictions for {len(references)} reference cases")
     check_unique_names(list(references), "the reference cases")
+    prediction_of = {case_name_of_output(Path(path), SEGMENTATION_TAG): Path(path) for path in predictions}
+    unmatched = sorted(set(prediction_of) - {case.name for case in references})
+    if unmatched or len(prediction_of) != len(predictions):
+        raise InputDataError(
+            f"the predictions must be named <case>{SEGMENTATION_TAG}<ext> after the reference cases, one "
+            f"each ({', '.join(case.name for case in references)}); these match none or repeat one: "
+            f"{', '.join(unmatched) or 'a case named twice'}"
+        )
     table = EvaluationTable(tuple(label_map.class_names), [])
-    for prediction_path, case in zip(predictions, references):
+    for case in references:
+        prediction_path = prediction_of[case.name]
         if case.label is None:
             raise InputDataError(f"case {case.name} has no reference label map to evaluate against")
         reference_image, reference = load_case(case, label_map)

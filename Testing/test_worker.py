@@ -128,3 +128,29 @@ def test_sigkill_during_training_leaves_whole_files_and_the_run_resumes_from_the
     assert steps[0] == killed_at + 1 and steps[-1] == killed_at + 2
     assert sorted(path.name for path in checkpoints.iterdir()) == ["best.pt", "last.pt"]  # leftovers removed
     assert load_checkpoint(checkpoints / "last.pt").step == killed_at + 2
+
+
+def test_an_evaluate_job_scores_each_prediction_against_the_case_it_is_named_after(
+    tiny_phantom, label_map, tmp_path
+):
+    """Perfect predictions listed in another order than their references scored MYO 0.0 (paired by
+    position); each is scored against its own case now, as the CLI does."""
+    import shutil
+
+    cases = tiny_phantom.target[:2]
+    predictions = []
+    for case in cases:
+        predictions.append(tmp_path / f"{case.name}_seg.nii.gz")
+        shutil.copy(case.label, predictions[-1])
+    job = {
+        "task": "evaluate",
+        "predictions": [str(path) for path in reversed(predictions)],
+        "references": [case.to_dict() for case in cases],
+        "label_map": label_map.to_dict(),
+        "out_dir": str(tmp_path / "scores"),
+    }
+    events = read_events(start_worker(write_job(tmp_path / "evaluate.json", job)))
+    result = next(event for event in events if event["event"] == "result")
+    assert result["summary"]["mean"]["dice"] == 1.0
+    rows = json.loads(Path(result["json"]).read_text())
+    assert [row["case"] for row in rows["per_case"]] == [case.name for case in cases]
