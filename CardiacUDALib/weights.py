@@ -16,12 +16,10 @@ checked before any network access. Torch-free: the Slicer panel lists models bef
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ipaddress
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +28,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from CardiacUDALib.atomic import atomic_path, file_sha256
+from CardiacUDALib.atomic import atomic_path, file_sha256, write_json_atomic
 from CardiacUDALib.errors import CheckpointError, InputDataError
-from CardiacUDALib.events import StopCheck, never_stop, print_event
-from CardiacUDALib.runfolder import STOP_FILE_NAME
+from CardiacUDALib.events import StopCheck, never_stop
 from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field, field_types
 
 MANIFEST_VERSION = 1
@@ -41,7 +38,7 @@ PACKAGED_MODELS = Path(__file__).resolve().with_name("models")
 PACKAGED_MANIFEST = PACKAGED_MODELS / "manifest.json"
 CACHE_VARIABLE = "CARDIAC_UDA_CACHE"
 PARTIAL_SUFFIX = ".part"
-CACHE_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", PARTIAL_SUFFIX)  # what `clear` deletes
+CACHE_INDEX = ".cardiac-uda-cache.json"  # the files the cache wrote itself: all that remove / clear delete
 CHUNK_BYTES = 64 * 1024
 _LOOPBACK_NAMES = {"localhost"}
 _RESUME_HINT = "run the same command again to resume"
@@ -128,7 +125,7 @@ def check_download_url(url: str) -> str:
     )
 
 
-def _entry_from_dict(data: Any, index: int) -> ModelEntry:
+def entry_from_dict(data: Any, index: int) -> ModelEntry:
     """One manifest entry, every field checked; errors name the entry."""
     from CardiacUDALib.io import LabelMap
     from CardiacUDALib.preprocess import PreprocessConfig
@@ -182,7 +179,7 @@ def load_manifest(path: Path | None = None) -> Manifest:
             "update CardiacUDA"
         )
     models = tuple(
-        _entry_from_dict(item, index) for index, item in enumerate(checked_field(data, "models", list, what))
+        entry_from_dict(item, index) for index, item in enumerate(checked_field(data, "models", list, what))
     )
     ids = [model.id for model in models]
     duplicates = sorted({model_id for model_id in ids if ids.count(model_id) > 1})
@@ -224,8 +221,27 @@ def model_path(entry: ModelEntry, cache: Path | None = None) -> Path | None:
     return _verified(PACKAGED_MODELS / entry.bundled, entry)
 
 
+def _written_here(folder: Path) -> set[str]:
+    """The names of the files the cache wrote into ``folder`` (its index), as far as it can tell."""
+    try:
+        names = json.loads((folder / CACHE_INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return (
+        {name for name in names if isinstance(name, str) and Path(name).name == name}
+        if isinstance(names, list)
+        else set()
+    )
+
+
+def _record_written(folder: Path, *names: str) -> None:
+    """Add ``names`` to the cache's index before the files are written: a crash leaves nothing unlisted."""
+    write_json_atomic(folder / CACHE_INDEX, sorted(_written_here(folder) | set(names)))
+
+
 def _install(entry: ModelEntry, destination: Path, place: Callable[[Path], None], source: str) -> Path:
     """Put the file into ``destination`` atomically with ``place(temporary)``, only when it is ``entry``'s."""
+    _record_written(destination.parent, destination.name)
     with atomic_path(destination) as temporary:
         place(temporary)
         problem = _mismatch(temporary, entry)
@@ -241,6 +257,7 @@ def import_file(path: Path, entry: ModelEntry | None = None, cache: Path | None 
         raise InputDataError(f"cannot import {path}: no such file")
     folder = cache or cache_dir()
     if entry is None:
+        _record_written(folder, path.name)
         with atomic_path(folder / path.name) as temporary:
             shutil.copyfile(path, temporary)
         return folder / path.name
@@ -255,29 +272,35 @@ def entry_for_file(manifest: Manifest, path: Path) -> ModelEntry | None:
     return next((model for model in manifest.models if model.sha256 == digest), None)
 
 
+def _delete_written(folder: Path, names: set[str]) -> int:
+    """Delete those of ``names`` that the cache wrote into ``folder`` (its index); the number deleted."""
+    written = _written_here(folder)
+    count = 0
+    for name in sorted(names & written):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+            count += 1
+    left = written - names
+    if left:
+        write_json_atomic(folder / CACHE_INDEX, sorted(left))
+    else:
+        (folder / CACHE_INDEX).unlink(missing_ok=True)
+    return count
+
+
 def remove(entry: ModelEntry, cache: Path | None = None) -> bool:
     """Delete ``entry``'s cached file and partial download; True when there was one."""
-    folder = cache or cache_dir()
-    removed = False
-    for path in (folder / entry.file_name, folder / (entry.file_name + PARTIAL_SUFFIX)):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed = True
-    return removed
+    return _delete_written(cache or cache_dir(), {entry.file_name, entry.file_name + PARTIAL_SUFFIX}) > 0
 
 
 def clear(cache: Path | None = None) -> int:
-    """Delete the model files and partial downloads of the cache folder; the number of files removed.
+    """Delete every file the cache wrote (model files, partial downloads); the number of files removed.
 
-    Only files named like weights (:data:`CACHE_FILE_SUFFIXES`) go: a cache variable pointing at a
-    folder that holds other files leaves them alone.
+    Only the files of the cache's own index go, never files found by their names: a cache variable
+    pointing at a folder of other files (a run's ``checkpoints/`` with its ``best.pt``) leaves them alone.
     """
-    count = 0
-    for path in (cache or cache_dir()).iterdir():
-        if path.name.endswith(CACHE_FILE_SUFFIXES) and (path.is_file() or path.is_symlink()):
-            path.unlink()
-            count += 1
-    return count
+    folder = cache or cache_dir()
+    return _delete_written(folder, _written_here(folder))
 
 
 # ---- downloading ---------------------------------------------------------------------------------
@@ -357,6 +380,7 @@ def fetch(
             f"`cardiac-uda models import FILE --id {entry.id}`"
         )
     part = folder / (entry.file_name + PARTIAL_SUFFIX)
+    _record_written(folder, part.name)
     failures = []
     for url in entry.urls:
         try:
@@ -385,51 +409,3 @@ def resolve_model(
     """The local file of the manifest's model ``model_id``, downloaded first when there is none."""
     entry = (manifest or load_manifest()).entry(model_id)
     return model_path(entry, cache) or fetch(entry, cache, progress, should_stop, timeout)
-
-
-# ---- a download in a process of its own: ``python -m CardiacUDALib.weights DOWNLOAD.json`` -------------
-
-
-def download_job(entry: ModelEntry, cache: Path | None, timeout: float) -> dict[str, Any]:
-    """What :func:`main` reads: the manifest entry itself (it may come from any manifest), cache, timeout."""
-    return {
-        "entry": dataclasses.asdict(entry),
-        "cache": None if cache is None else str(cache),
-        "timeout": timeout,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Fetch the model of the download job file ``argv[0]``, printing job-protocol events (``progress`` in
-    bytes, then ``result`` with its path, or ``error``; ``stopped`` when the ``STOP`` file beside the job file
-    appeared; ``done`` last). The Slicer panel runs it so that the download goes on whatever its own
-    Python threads may do; exit code 0 when the file is there, 1 otherwise."""
-    args = sys.argv[1:] if argv is None else argv
-    stop_file = Path(args[0]).with_name(STOP_FILE_NAME) if args else Path(STOP_FILE_NAME)
-    stopped, code = False, 1
-    try:
-        if len(args) != 1:
-            raise InputDataError("usage: python -m CardiacUDALib.weights DOWNLOAD.json")
-        job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
-        path = fetch(
-            _entry_from_dict(job["entry"], 0),
-            None if job["cache"] is None else Path(job["cache"]),
-            lambda done, total: print_event({"event": "progress", "step": done, "total": total}),
-            stop_file.exists,
-            float(job["timeout"]),
-        )
-    except DownloadCancelled as error:
-        stopped = True
-        print_event({"event": "stopped", "message": str(error)})
-        print_event({"event": "error", "message": str(error)})
-    except (CheckpointError, InputDataError, OSError, ValueError, KeyError, TypeError) as error:
-        print_event({"event": "error", "message": str(error) or type(error).__name__})
-    else:
-        print_event({"event": "result", "path": str(path)})
-        code = 0
-    print_event({"event": "done", "stopped": stopped})
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,6 +22,7 @@ TORCH_FREE = (
     "typed_values",
     "arguments",
     "weights",
+    "download",
 )
 MAX_MODULE_LINES = 450
 

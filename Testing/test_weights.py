@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -43,7 +44,9 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 def files_in(folder: Path) -> list[str]:
-    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+    """The files of ``folder`` but the cache's own index."""
+    names = (path.name for path in folder.iterdir()) if folder.exists() else ()
+    return sorted(name for name in names if name != weights.CACHE_INDEX)
 
 
 # ---- downloads -----------------------------------------------------------------------------------
@@ -178,9 +181,26 @@ def test_remove_and_clear(cache, tmp_path):
     import_file(source, entry)
     assert remove(entry) is True and model_path(entry) is None and remove(entry) is False
     import_file(source, entry)
-    (cache / "other.pt.part").write_bytes(b"partial")
+    (cache / "other.pt.part").write_bytes(b"partial")  # named like the cache's files, not written by it
     (cache / "notes.txt").write_text("not a model")
-    assert clear() == 2 and files_in(cache) == ["notes.txt"]
+    assert clear() == 1 and files_in(cache) == ["notes.txt", "other.pt.part"]
+
+
+def test_clear_deletes_only_what_the_cache_wrote_never_by_name(cache, tmp_path, monkeypatch):
+    """A cache variable pointing into a run's checkpoints/ folder: `models clear` said "removed 2
+    file(s)" and best.pt and last.pt were gone. The cache keeps an index of what it wrote."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        (checkpoints / name).write_bytes(b"a training checkpoint")
+    monkeypatch.setenv(weights.CACHE_VARIABLE, str(checkpoints))
+    entry = model_entry("https://example.org/test_model.pt")
+    source = tmp_path / "model.pt"
+    source.write_bytes(PAYLOAD)
+    import_file(source, entry)
+    assert clear() == 1 and files_in(checkpoints) == ["best.pt", "last.pt"]
+    assert clear() == 0 and remove(dataclasses.replace(entry, file_name="best.pt")) is False
+    assert files_in(checkpoints) == ["best.pt", "last.pt"]
 
 
 def test_a_bundled_file_is_used_when_the_cache_has_none(cache, tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 run does with a chosen model.
 
 The download runs :func:`CardiacUDALib.weights.fetch` in a process of its own (``python -m
-CardiacUDALib.weights``; a thread would stall inside Slicer, whose main thread holds the GIL between timer
+CardiacUDALib.download``; a thread would stall inside Slicer, whose main thread holds the GIL between timer
 ticks); the panel polls its events on a timer (``done``/``total`` bytes, then its outcome), and cancels
 it with a stop file that ``fetch`` checks between chunks (a cancelled download keeps its partial file,
 and the next download resumes it). A chosen
@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from CardiacUDALib.atomic import write_json_atomic
+from CardiacUDALib.download import download_job
 from CardiacUDALib.jobs import TrainJob
 from CardiacUDALib.runfolder import STOP_FILE_NAME
 from CardiacUDALib.weights import (
     DownloadError,
     Manifest,
     ModelEntry,
-    download_job,
     entry_for_file,
     import_file,
     model_path,
@@ -113,7 +113,7 @@ class ModelDownload:
     ``done``/``total`` and ``outcome`` (None while it runs); ``cancel()`` or ``kill()`` it; ``wait()``
     blocks (scripts, tests). Its job and output files live in a temporary folder, removed once it has ended."""
 
-    WEIGHTS_MODULE = "CardiacUDALib.weights"
+    DOWNLOAD_MODULE = "CardiacUDALib.download"
 
     def __init__(self, entry: ModelEntry, cache: Path | None = None, timeout: float = 30.0) -> None:
         self.entry = entry
@@ -125,7 +125,7 @@ class ModelDownload:
         self.folder = Path(tempfile.mkdtemp(prefix="cardiac-uda-download-"))
         job_file = self.folder / "download.json"
         self.process = WorkerProcess(
-            [worker_interpreter(), "-m", self.WEIGHTS_MODULE, str(job_file)],
+            [worker_interpreter(), "-m", self.DOWNLOAD_MODULE, str(job_file)],
             self.folder / "download",
             self.folder / STOP_FILE_NAME,
         )
