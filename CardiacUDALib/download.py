@@ -9,13 +9,13 @@ file appeared; ``done`` last. Torch-free, as :mod:`CardiacUDALib.weights`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from CardiacUDALib.errors import CheckpointError, InputDataError
 from CardiacUDALib.events import print_event
+from CardiacUDALib.json_files import read_json_file
 from CardiacUDALib.runfolder import STOP_FILE_NAME
 from CardiacUDALib.weights import DownloadCancelled, ModelEntry, entry_from_dict, fetch
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if len(args) != 1:
             raise InputDataError("usage: python -m CardiacUDALib.download DOWNLOAD.json")
-        job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+        job = read_json_file(args[0], "download job file")
         path = fetch(
             entry_from_dict(job["entry"], 0),
             None if job["cache"] is None else Path(job["cache"]),

@@ -31,6 +31,7 @@ import requests
 from CardiacUDALib.atomic import atomic_path, file_sha256, write_json_atomic
 from CardiacUDALib.errors import CheckpointError, InputDataError
 from CardiacUDALib.events import StopCheck, never_stop
+from CardiacUDALib.json_files import read_json_file
 from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field, field_types
 
 MANIFEST_VERSION = 1
@@ -162,12 +163,7 @@ def entry_from_dict(data: Any, index: int) -> ModelEntry:
 def load_manifest(path: Path | None = None) -> Manifest:
     """The manifest at ``path`` (default: the packaged one); a newer version or a bad entry is refused."""
     path = PACKAGED_MANIFEST if path is None else Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise InputDataError(f"cannot read the model manifest {path}: {error.strerror or error}") from error
-    except ValueError as error:
-        raise InputDataError(f"the model manifest {path} is not valid JSON: {error}") from error
+    data = read_json_file(path, "the model manifest")
     if not isinstance(data, dict):
         raise InputDataError(f"the model manifest {path} must be a JSON object with 'version' and 'models'")
     what = f"the model manifest {path}"

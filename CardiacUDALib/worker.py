@@ -13,7 +13,6 @@ last whatever happened, after ``error`` when there was one.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import traceback
@@ -24,6 +23,7 @@ from CardiacUDALib.engine import run_job
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.events import print_event
 from CardiacUDALib.jobs import Job, parse_job
+from CardiacUDALib.json_files import read_json_file
 from CardiacUDALib.runfolder import STOP_FILE_NAME
 
 EXIT_DONE = 0
@@ -58,16 +58,7 @@ def _finite(value: Any) -> Any:
 
 def _read_job(path: str) -> Any:
     """The job file's JSON; what a user can fix (missing file, not UTF-8, not JSON) is a CardiacUDAError."""
-    try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except OSError as error:
-        raise CardiacUDAError(f"cannot read job file {path}: {error.strerror or error}") from error
-    except UnicodeDecodeError as error:
-        raise CardiacUDAError(
-            f"job file {path} is not UTF-8 text (byte {error.start}): write it as UTF-8 JSON"
-        ) from error
-    except json.JSONDecodeError as error:
-        raise CardiacUDAError(f"job file {path} is not valid JSON: {error}") from error
+    return read_json_file(path, "job file")
 
 
 def _stop_request(job: Job) -> StopRequest:

@@ -23,6 +23,7 @@ TORCH_FREE = (
     "arguments",
     "weights",
     "download",
+    "json_files",
 )
 MAX_MODULE_LINES = 450
 

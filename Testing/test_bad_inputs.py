@@ -272,6 +272,11 @@ JOB_FILES = [
      "'seed' must be an integer"),
     ("out_dir a number", b'{"task": "translate", "checkpoint": "x", "cases": [], "out_dir": 5}',
      "'out_dir' must be a string"),
+    # a byte-order mark is read past (Windows editors write one): the error is the content's
+    ("UTF-8 byte-order mark", b'\xef\xbb\xbf{"checkpoint": "x.pt"}', "unknown job task None"),
+    ("a key twice", b'{"task": "segment", "task": "translate", "checkpoint": "x", "cases": [], "out_dir": "o"}',
+     "'task' appear twice in one object"),
+    ("nested 100000 deep", b"[" * 100_000, "nested too deeply to read"),
 ]  # fmt: skip
 
 
