@@ -388,7 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(arguments)
     args.argv = arguments
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a reader that has gone is caught below, not at exit
+        return code
     except StoppedByUser as stopped:
         print(str(stopped), file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -398,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output has gone (`cardiac-uda methods | head -1`): as other command-line
+        # tools, stop quietly; standard output goes nowhere from now on, so that exiting flushes nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -403,3 +403,13 @@ def test_losses_postfix_puts_the_total_first_and_keeps_to_its_width():
     assert losses_postfix(losses, width=33) == "loss=0.542, cross_entropy=0.125"
     assert losses_postfix(losses, width=80) == "loss=0.542, cross_entropy=0.125, dice=0.366"
     assert losses_postfix({"adversarial": -0.25}, width=5) == "adversarial=-0.25"  # one term always shows
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`cardiac-uda methods | head -c1` printed a BrokenPipeError traceback: the reader had gone."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "CardiacUDALib.cli", "methods"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()  # gone before the command writes
+    error = process.stderr.read().decode()
+    assert process.wait() == 1 and "Traceback" not in error and "BrokenPipe" not in error, error
