@@ -191,3 +191,7 @@ def test_events_come_whole_from_the_output_files_which_stay_as_the_jobs_log(tmp_
     assert job.poll() == []
     out, err = job.output_files
     assert (out, err) == (tmp_path / "job.out", tmp_path / "job.err") and err.read_text() == "a warning\n"
+    again = WorkerJob(job.job, job.job_file, job.command)  # the same job once more, as a resume does
+    again.start()
+    assert len(poll_until(again, lambda events: again.outcome() is not None)) == 3  # its own events only
+    assert err.read_text() == "a warning\n" * 2  # the first attempt's log stays

@@ -114,7 +114,7 @@ class OutputFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.offset = 0
+        self.offset = path.stat().st_size if path.is_file() else 0  # what an earlier attempt wrote stays
         self.unended = b""
 
     def new_lines(self, ended: bool = False) -> list[str]:
@@ -167,7 +167,8 @@ class WorkerProcess:
         )
 
     def start(self) -> None:
-        """Start the process with its output going to the output files; returns at once."""
+        """Start the process with its output appended to the output files (a resumed job's log keeps the
+        earlier attempts'); returns at once."""
         platform_options: dict[str, Any] = (
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
             if sys.platform == "win32"
@@ -175,7 +176,11 @@ class WorkerProcess:
         )
         stdout_path, stderr_path = self.output_files
         stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
+        self._outputs = [
+            (OutputFile(stdout_path), self._parse_event),
+            (OutputFile(stderr_path), self._log_line),
+        ]
+        with stdout_path.open("ab") as stdout, stderr_path.open("ab") as stderr:
             self.process = subprocess.Popen(
                 self.command,
                 stdout=stdout,
@@ -184,10 +189,6 @@ class WorkerProcess:
                 env=worker_environment(),
                 **platform_options,
             )
-        self._outputs = [
-            (OutputFile(stdout_path), self._parse_event),
-            (OutputFile(stderr_path), self._log_line),
-        ]
 
     @staticmethod
     def _parse_event(line: str) -> Event:
