@@ -4,7 +4,8 @@ The forward path is: pick the slice axis, optionally resample the two in-plane a
 spacing, move the slice axis first, crop every slice to a ``size x size`` window (centred on the
 image, or on a given point: where the heart was found) or pad it to that size, and normalise
 intensities with the statistics of the voxels inside that window (the same for every slice), so that
-what lies outside it (chest wall, arms, another field of view) does not change them. :class:`PreparedVolume` remembers each step so that
+what lies outside it (chest wall, arms, another field of view) does not change them.
+:class:`PreparedVolume` remembers each step so that
 :func:`restore_labels` and :func:`restore_intensity` can undo them and hand back an image with
 exactly the input's size, spacing, origin and direction, whatever its orientation: outputs are
 compared voxel by voxel with the input in Slicer and in the metrics.

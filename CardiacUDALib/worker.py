@@ -56,11 +56,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _read_job(path: str) -> Any:
-    """The job file's JSON; what a user can fix (missing file, not UTF-8, not JSON) is a CardiacUDAError."""
-    return read_json_file(path, "job file")
-
-
 def _stop_request(job: Job) -> StopRequest:
     """Stops on SIGTERM, and on the stop file in the job's output folder."""
     stop = StopRequest(job.out_dir / STOP_FILE_NAME)
@@ -76,7 +71,7 @@ def run(args: list[str]) -> tuple[int, bool]:
         print_event({"event": "error", "message": "usage: python -m CardiacUDALib.worker JOB.json"})
         return EXIT_ERROR, False
     try:
-        job = parse_job(_read_job(args[0]))
+        job = parse_job(read_json_file(args[0], "job file"))
         result = run_job(job, lambda event: print_event(_finite(event)), _stop_request(job))
     except CardiacUDAError as error:
         print_event({"event": "error", "message": str(error)})

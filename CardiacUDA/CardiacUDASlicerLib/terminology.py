@@ -46,9 +46,14 @@ def _coded(item: dict) -> str:
 
 
 @functools.cache
+def _terminology_document(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@functools.cache
 def cardiac_structures(path: Path = TERMINOLOGY_FILE) -> tuple[CardiacStructure, ...]:
     """Every structure of the terminology file, in file order."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    document = _terminology_document(path)
     context = document["SegmentationCategoryTypeContextName"]
     structures = []
     for category in document["SegmentationCodes"]["Category"]:
@@ -84,7 +89,7 @@ def terminology_type_code(entry: str) -> str:
 
 
 def terminology_context_name(path: Path = TERMINOLOGY_FILE) -> str:
-    return json.loads(Path(path).read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"]
+    return _terminology_document(path)["SegmentationCategoryTypeContextName"]
 
 
 def ensure_terminology_loaded(terminologies_logic: Any, path: Path = TERMINOLOGY_FILE) -> str:

@@ -88,6 +88,7 @@ class AdaptationMethod:
         self.config = config
         self.num_classes = num_classes
         self.device = device
+        self.bfloat16 = bfloat16_autocast(device, config.amp)  # autocast() runs in bfloat16 (fixed per run)
         self._float32_outputs = False  # the forward hooks of autocast() are on the networks
 
     # ---- verbs -------------------------------------------------------------------------------
@@ -153,12 +154,11 @@ class AdaptationMethod:
         Every network's floating outputs come back as float32, so that what the caller computes from them
         (losses, softmax and Dice, pseudo-labels) stays in float32; only the networks' own layers run in
         bfloat16."""
-        enabled = bfloat16_autocast(self.device, self.config.amp)
-        if enabled and not self._float32_outputs:
+        if self.bfloat16 and not self._float32_outputs:
             for network in self.networks().values():
                 network.register_forward_hook(_float32_outputs)
             self._float32_outputs = True
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
             yield
 
     def state_dict(self) -> dict[str, Any]:
