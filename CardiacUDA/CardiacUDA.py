@@ -718,6 +718,8 @@ class CardiacUDAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 setSettingsValue(self.timeEstimateKey(), f"{measured:.4f}")
         elif kind == "validation":
             self.log(_("Validation Dice: ") + ", ".join(f"{k} {v:.3f}" for k, v in event["dice"].items()))
+        elif kind == "warning":
+            self.log(_("Warning: ") + str(event["message"]))
         elif kind in ("status", "log", "checkpoint", "stopped", "trained"):
             self.log(str(event.get("message") or event.get("selection") or event.get("path") or kind))
 

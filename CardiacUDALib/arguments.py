@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,32 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def in_plane_spacing(text: str) -> float | str | None:
+    """``--spacing``: a positive number of mm, ``native`` (None: no resampling) or the median of the
+    source volumes (``preprocess.MEDIAN_SOURCE_SPACING``, the default)."""
+    from CardiacUDALib.preprocess import MEDIAN_SOURCE_SPACING
+
+    if text in ("native", MEDIAN_SOURCE_SPACING):
+        return None if text == "native" else text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of mm or 'native', got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of mm, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """``--seed``: a whole number from 0 to ``jobs.MAX_SEED``."""
+    from CardiacUDALib.jobs import MAX_SEED
+
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED}, got {value}")
     return value
 
 

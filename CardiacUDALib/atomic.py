@@ -95,6 +95,8 @@ def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     Nothing is created here: the folder appears with the first file written into it, so a job that
     fails on its inputs leaves nothing behind.
     """
+    if not str(path).strip():
+        raise InputDataError(f"{what} is empty: give a folder (write '.' for the current one)")
     folder = Path(path)
     existing = folder
     while not existing.exists() and existing != existing.parent:

@@ -46,6 +46,19 @@ def case_name_of(image: Path) -> str:
     return stem_of(image).removesuffix(_IMAGE_TAG)
 
 
+def check_utf8(text: str) -> str:
+    """``text`` if it is valid Unicode: a file name that is not UTF-8 reaches Python with stand-ins
+    for its bytes, and the image libraries abort the process on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise InputDataError(
+            f"{shown!r} is not valid UTF-8 (its bad bytes shown as '\ufffd'): rename the file or folder"
+        ) from None
+    return text
+
+
 @dataclass(frozen=True)
 class VolumeCase:
     """One volume: a name (a plain file name, see the module docstring), its image and its label map."""
@@ -60,6 +73,8 @@ class VolumeCase:
                 f"case name {self.name!r} (of {self.image}) cannot name output files: use a plain file name "
                 "without '/', '\\' or control characters"
             )
+        for text in (str(self.image), "" if self.label is None else str(self.label), self.name):
+            check_utf8(text)
 
     def to_dict(self) -> dict[str, str | None]:
         return {
@@ -119,6 +134,26 @@ def output_extension(image: Path) -> str:
 def output_path(out_dir: str | Path, case: VolumeCase, tag: str) -> Path:
     """``<out_dir>/<case><tag><ext>``: where the segmentation (``SEGMENTATION_TAG``) or translation of ``case`` goes."""
     return Path(out_dir) / f"{case.name}{tag}{output_extension(case.image)}"
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if first.exists() and second.exists():
+        return first.samefile(second)  # also through links
+    return first.resolve() == second.resolve()
+
+
+def check_outputs_spare_inputs(outputs: list[Path], cases: list[VolumeCase]) -> list[Path]:
+    """``outputs`` if none of them is a file ``cases`` are read from: no command writes onto its input
+    (an output folder that holds the inputs, where ``a_seg.nii.gz`` is a volume too, would lose it)."""
+    inputs = [path for case in cases for path in (case.image, case.label) if path is not None]
+    for output in outputs:
+        for read in inputs:
+            if _same_file(output, read):
+                raise InputDataError(
+                    f"writing {output} would replace the input {read}: choose an output folder that holds no "
+                    "input volumes"
+                )
+    return outputs
 
 
 def case_name_of_output(path: Path, tag: str) -> str:

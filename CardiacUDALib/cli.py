@@ -82,6 +82,7 @@ def _train_job(args: argparse.Namespace, method: str, out: str) -> TrainJob:
         initial_checkpoint=None if args.init is None else existing_path(args.init, "--init"),
         stages=["adabn"] if args.adabn else [],
         largest_component=not args.no_largest_component,
+        empty_without_heart=not args.keep_without_heart,
         flip_averaging=not args.no_flip_averaging,
     )
 
@@ -137,6 +138,7 @@ def command_segment(args: argparse.Namespace) -> int:
         args.device,
         amp=not args.no_amp,
         largest_component=not args.no_largest_component,
+        empty_without_heart=not args.keep_without_heart,
         flip_averaging=not args.no_flip_averaging,
     )
     result = run_stoppable(lambda emit, stop: run_job(job, emit, stop), PARTIAL_HINT.format("segmentations"))
@@ -232,6 +234,7 @@ def command_compare(args: argparse.Namespace) -> int:
             args.device,
             amp=not args.no_amp,
             largest_component=not args.no_largest_component,
+            empty_without_heart=not args.keep_without_heart,
             flip_averaging=not args.no_flip_averaging,
             emit=emit,
             should_stop=stop,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from CardiacUDALib.arguments import PAIR_SEPARATOR, phantom_size, positive_int
+from CardiacUDALib.arguments import PAIR_SEPARATOR, in_plane_spacing, phantom_size, positive_int, seed
 from CardiacUDALib.cases import SEGMENTATION_TAG
-from CardiacUDALib.preprocess import INTENSITY_PRESETS
+from CardiacUDALib.preprocess import INTENSITY_PRESETS, MEDIAN_SOURCE_SPACING
 
 PROGRAM = "cardiac-uda"
 DEMO_DEFAULT_METHOD = "gin"
@@ -47,7 +47,7 @@ def _add_training_options(parser: argparse.ArgumentParser, default_preset: str) 
         "(values parse as JSON when they can: numbers, true/false)",
     )
     _add_device(parser)
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
 
 
 def _add_start_options(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +77,12 @@ def _add_postprocessing_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one network pass per slice (default: the class probabilities averaged over test-time flips: "
         "left-right, up-down, both)",
+    )
+    parser.add_argument(
+        "--keep-without-heart",
+        action="store_true",
+        help="write the labels even where they are not a heart (default: such a volume's segmentation is "
+        "left empty, with a warning: no left-ventricular blood pool ringed by myocardium)",
     )
 
 
@@ -152,10 +158,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--spacing",
-        type=float,
-        default=None,
+        type=in_plane_spacing,
+        default=MEDIAN_SOURCE_SPACING,
         metavar="MM",
-        help="resample in-plane to this spacing (default: none)",
+        help="train at this in-plane spacing, recorded in the model, which resamples every volume to it; "
+        "'native' keeps each volume's own (default: the median of the source volumes; a model started "
+        "with --init keeps its own)",
     )
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if RUN_DIR holds a run")
     parser.add_argument(
@@ -307,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     phantom.add_argument("--out", required=True, metavar="DIR", help="output folder")
     phantom.add_argument("--subjects", type=positive_int, required=True, help="subjects per domain")
-    phantom.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    phantom.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     phantom.add_argument(
         "--size", type=phantom_size, default=96, help="in-plane size in pixels (default: 96)"
     )

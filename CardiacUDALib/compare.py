@@ -34,7 +34,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from CardiacUDALib.atomic import atomic_path, check_writable_folder, write_json_atomic, write_text_atomic
-from CardiacUDALib.cases import SEGMENTATION_TAG, VolumeCase, check_unique_names, output_path
+from CardiacUDALib.cases import (
+    SEGMENTATION_TAG,
+    VolumeCase,
+    check_outputs_spare_inputs,
+    check_unique_names,
+    output_path,
+)
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.io import LabelMap, check_same_geometry, read_image, read_label, write_image
@@ -248,9 +254,12 @@ def compare_segmentation_files(
     (float32, the target's grid) per case and the agreement table into ``out_dir``."""
     check_unique_names(list(cases), "the target volumes")
     check_writable_folder(out_dir, "the output folder")
+    outputs = check_outputs_spare_inputs(
+        [output_path(out_dir, case, RELIABILITY_TAG) for case in cases], list(cases)
+    )
     table = AgreementTable(class_structures(label_map))
     written = []
-    for case in cases:
+    for case, output in zip(cases, outputs):
         target = read_image(case.image)
         results = {
             name: read_label(
@@ -266,7 +275,7 @@ def compare_segmentation_files(
         )
         image = sitk.GetImageFromArray(reliability)
         image.CopyInformation(target)
-        written.append(write_image(image, output_path(out_dir, case, RELIABILITY_TAG)))
+        written.append(write_image(image, output))
     table.write(out_dir)
     return table, written
 
@@ -309,6 +318,7 @@ def segment_and_compare(
     amp: bool = True,
     largest_component: bool = True,
     flip_averaging: bool = True,
+    empty_without_heart: bool = True,
     emit: EventSink = ignore_event,
     should_stop: StopCheck = never_stop,
 ) -> dict[str, Any]:
@@ -324,6 +334,7 @@ def segment_and_compare(
     if len(checkpoints) < MIN_RESULTS:
         raise InputDataError(f"compare at least {MIN_RESULTS} models, got {len(checkpoints)}")
     folder = check_writable_folder(out_dir, "the output folder")
+    check_outputs_spare_inputs([output_path(folder, case, RELIABILITY_TAG) for case in cases], list(cases))
     loaded = [load_checkpoint(path) for path in checkpoints]
     names = result_names([(checkpoint.method, path) for checkpoint, path in zip(loaded, checkpoints)])
     label_map = _same_label_maps(
@@ -341,6 +352,7 @@ def segment_and_compare(
             amp=amp,
             largest_component=largest_component,
             flip_averaging=flip_averaging,
+            empty_without_heart=empty_without_heart,
         )
         if run_job(job, emit, should_stop)["stopped"]:
             outcome["stopped"] = True

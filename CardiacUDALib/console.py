@@ -53,6 +53,8 @@ class ProgressPrinter:
             self._progress(event)
         elif kind == "status":
             self.line(str(event["message"]))
+        elif kind == "warning":
+            self.line(f"warning: {event['message']}")
         elif kind == "validation":
             scores = ", ".join(f"{name} {value:.3f}" for name, value in event["dice"].items())
             after = f" after {event['after']}" if event.get("after") else ""

@@ -16,13 +16,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.deformation import deform_slice
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LabelMap, check_label_not_empty, load_case
-from CardiacUDALib.preprocess import PreparedVolume, PreprocessConfig, prepare_volume
+from CardiacUDALib.preprocess import PreparedVolume, PreprocessConfig, prepare_volume, spacing_warning
 
 # Intensity jitter of augment_batch, in units of the normalised image (z-score: standard deviations).
 INTENSITY_SCALE_RANGE = (0.8, 1.2)
@@ -70,9 +71,14 @@ def load_volumes(
     label_map: LabelMap,
     preprocess: PreprocessConfig,
     with_labels: bool,
-    on_loaded: Callable[[int, int, str], None] | None = None,
+    on_loaded: Callable[[int, int, str, str | None], None] | None = None,
+    centre_of: Callable[[sitk.Image, sitk.Image | None], tuple[float, float] | None] | None = None,
 ) -> list[LoadedVolume]:
-    """Read and prepare each case; labels only when ``with_labels`` (target training images never use theirs)."""
+    """Read and prepare each case; labels only when ``with_labels`` (target training images never use theirs).
+
+    ``on_loaded(done, total, name, warning)`` follows each case; ``warning`` says when its spacing looks
+    lost or wrong (``preprocess.spacing_warning``). ``centre_of(image, label)`` places the window
+    (``prepare_volume``'s ``centre``; None: the middle)."""
     volumes = []
     for index, case in enumerate(cases):
         if with_labels and case.label is None:
@@ -80,9 +86,13 @@ def load_volumes(
         image, label = load_case(case if with_labels else VolumeCase(case.name, case.image), label_map)
         if with_labels:
             check_label_not_empty(label, f"label map {case.label}")
-        volumes.append(LoadedVolume(case, prepare_volume(image, preprocess, label)))
+        centre = None if centre_of is None else centre_of(image, label)
+        volumes.append(LoadedVolume(case, prepare_volume(image, preprocess, label, centre)))
         if on_loaded is not None:
-            on_loaded(index + 1, len(cases), case.name)
+            warning = spacing_warning(image, preprocess)
+            on_loaded(
+                index + 1, len(cases), case.name, None if warning is None else f"{case.image}: {warning}"
+            )
     return volumes
 
 
@@ -90,20 +100,43 @@ class SlicePool:
     """All slices of a set of volumes, with context channels, ready to be sampled.
 
     ``stream`` tells pools of one run apart (source 0, target 1), so that their orders and
-    augmentations are drawn independently.
+    augmentations are drawn independently. With a ``shift`` of ``m`` pixels the volumes were prepared
+    ``2m`` pixels wider than the network's window, and each augmented slice is the window moved by up to
+    ``m`` pixels in each direction (a random in-plane translation that shows what a scan has there, not
+    padding); without augmentation, the window in the middle.
     """
 
-    def __init__(self, volumes: Sequence[LoadedVolume], context_slices: int, stream: int = 0) -> None:
+    def __init__(
+        self, volumes: Sequence[LoadedVolume], context_slices: int, stream: int = 0, shift: int = 0
+    ) -> None:
         if not volumes:
             raise InputDataError("no volumes were given")
-        self.images = np.concatenate([v.prepared.with_context(context_slices) for v in volumes])
+        self.windows = np.concatenate([v.prepared.with_context(context_slices) for v in volumes])
         labels = [v.prepared.labels for v in volumes]
-        self.labels = None if any(label is None for label in labels) else np.concatenate(labels)
+        self.label_windows = None if any(label is None for label in labels) else np.concatenate(labels)
+        if self.windows.shape[-1] <= 2 * shift:
+            raise InputDataError(f"a shift of {shift} pixels needs slices wider than {2 * shift} pixels")
+        self.shift = shift
         self.stream = stream
         self._orders: dict[tuple[int, int], np.ndarray] = {}
 
+    @property
+    def images(self) -> np.ndarray:
+        """``[N, k, size, size]``: every slice's window in the middle."""
+        return self._window(self.windows, self.shift, self.shift)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return (
+            None if self.label_windows is None else self._window(self.label_windows, self.shift, self.shift)
+        )
+
+    def _window(self, array: np.ndarray, row: int, column: int) -> np.ndarray:
+        height, width = (length - 2 * self.shift for length in array.shape[-2:])
+        return array[..., row : row + height, column : column + width]
+
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.windows)
 
     def _order(self, seed: int, epoch: int) -> np.ndarray:
         """The epoch's random order of the pool's slices (the last two epochs' are kept)."""
@@ -132,8 +165,15 @@ class SlicePool:
         shard = shard or Shard()
         positions = self.positions(step, batch_size, shard)
         indices = np.array([self._order(seed, p // len(self))[p % len(self)] for p in positions])
-        images = self.images[indices]
-        labels = None if self.labels is None else self.labels[indices]
+        images, labels = self.images[indices], None if self.labels is None else self.labels[indices]
+        if augment and self.shift:
+            offsets = [
+                np.random.default_rng([seed, self.stream, 2, p]).integers(0, 2 * self.shift + 1, 2)
+                for p in positions
+            ]
+            images = np.stack([self._window(self.windows[i], *o) for i, o in zip(indices, offsets)])
+            if self.label_windows is not None:
+                labels = np.stack([self._window(self.label_windows[i], *o) for i, o in zip(indices, offsets)])
         if augment:
             generators = [np.random.default_rng([seed, self.stream, 1, p]) for p in positions]
             images, labels = augment_batch(images, labels, generators, deform)

@@ -12,17 +12,22 @@ from typing import Any
 
 from CardiacUDALib import distributed
 from CardiacUDALib.atomic import check_writable_folder
+from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.evaluation import evaluate_cases
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.inference import TrainedModel, segment_cases, translate_cases
+from CardiacUDALib.io import check_readable
 from CardiacUDALib.jobs import EvaluateJob, Job, SegmentJob, TrainJob, TranslateJob, parse_job
 from CardiacUDALib.training import train
 
 
 def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
+    if job.label_map is not None:  # the volumes to segment at the end, checked before any training
+        check_readable([VolumeCase(case.name, case.image) for case in job.segment], job.label_map)
     outcome = train(job, emit, should_stop)
     result: dict[str, Any] = {
-        "best_checkpoint": str(outcome.best_checkpoint),
+        # a run stopped before its first checkpoint has none
+        "best_checkpoint": str(outcome.best_checkpoint) if outcome.best_checkpoint.exists() else None,
         "last_checkpoint": str(outcome.last_checkpoint),
         "steps": outcome.steps_done,
         "stopped": outcome.stopped,
@@ -41,6 +46,7 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
             job.largest_component,
             should_stop,
             job.flip_averaging,
+            job.empty_without_heart,
         )
         result["segmentations"] = [str(p) for p in paths]
         result["stopped"] = len(paths) < len(job.segment)
@@ -56,7 +62,14 @@ def _run_segment(job: SegmentJob, emit: EventSink, should_stop: StopCheck) -> di
     model = TrainedModel.load(job.checkpoint, job.device, amp=job.amp)
     emit({"event": "status", "message": model.precision})
     paths = segment_cases(
-        model, job.cases, job.out_dir, emit, job.largest_component, should_stop, job.flip_averaging
+        model,
+        job.cases,
+        job.out_dir,
+        emit,
+        job.largest_component,
+        should_stop,
+        job.flip_averaging,
+        job.empty_without_heart,
     )
     return {
         "segmentations": [str(p) for p in paths],

@@ -13,12 +13,19 @@ import torch
 from scipy import ndimage
 
 from CardiacUDALib.atomic import check_writable_folder
-from CardiacUDALib.cases import SEGMENTATION_TAG, TRANSLATION_TAG, VolumeCase, check_unique_names, output_path
+from CardiacUDALib.cases import (
+    SEGMENTATION_TAG,
+    TRANSLATION_TAG,
+    VolumeCase,
+    check_outputs_spare_inputs,
+    check_unique_names,
+    output_path,
+)
 from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint
 from CardiacUDALib.device import precision_message, resolve_device
 from CardiacUDALib.errors import CardiacUDAError, CheckpointError
 from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
-from CardiacUDALib.io import LabelMap, classes_to_values, load_case, write_image
+from CardiacUDALib.io import LabelMap, check_readable, classes_to_values, load_case, write_image
 from CardiacUDALib.methods import AdaptationMethod, get_method
 from CardiacUDALib.methods.base import config_from_dict
 from CardiacUDALib.preprocess import (
@@ -27,6 +34,7 @@ from CardiacUDALib.preprocess import (
     prepare_volume,
     restore_intensity,
     restore_labels,
+    spacing_warning,
 )
 
 
@@ -99,6 +107,79 @@ def heart_centre(prepared: PreparedVolume, classes: np.ndarray) -> tuple[float, 
     return prepared.working_position((rows.min() + rows.max()) / 2, (columns.min() + columns.max()) / 2)
 
 
+HEART_BORDER_FRACTION = 0.5  # of the LV blood pool's in-plane border that must be myocardium
+
+
+def missing_heart(classes: np.ndarray, label_map: LabelMap, slice_axis: int) -> str | None:
+    """Why a label map ``classes`` (numpy order z, y, x) is not a heart, or None when it is one.
+
+    With MYO and LV classes, a heart's left-ventricular blood pool is ringed by myocardium in each
+    slice (the plane across ``slice_axis``); labels elsewhere (a field of view without the heart,
+    another body part) have no such ring. Other label maps need only some label."""
+    if not classes.any():
+        return "nothing was labelled"
+    names = label_map.class_names
+    if "MYO" not in names or "LV" not in names:
+        return None
+    blood_pool = classes == names.index("LV") + 1
+    if not blood_pool.any():
+        return "no left-ventricular blood pool was found"
+    in_plane = np.moveaxis(np.ones((3, 3), dtype=bool)[None], 0, 2 - slice_axis)
+    border = ndimage.binary_dilation(blood_pool, in_plane) & ~blood_pool
+    ringed = float(np.mean(classes[border] == names.index("MYO") + 1)) if border.any() else 0.0
+    if ringed < HEART_BORDER_FRACTION:
+        return (
+            f"the labelled 'LV' is not ringed by myocardium ({ringed:.0%} of its border, a heart has at "
+            f"least {HEART_BORDER_FRACTION:.0%})"
+        )
+    return None
+
+
+def find_heart(
+    image: sitk.Image,
+    config: PreprocessConfig,
+    method: AdaptationMethod,
+    batch_size: int = 16,
+    flip_averaging: bool = False,
+) -> tuple[PreparedVolume, np.ndarray]:
+    """``image`` prepared with the network's window on the heart, and ``method``'s classes there.
+
+    Where the window does not hold whole slices (a scan's field of view, the heart anywhere), a first
+    pass over whole slices finds the heart, and the window is centred on it; then on the heart each pass
+    finds in its window, until the centre moves less than :data:`HEART_CENTRE_TOLERANCE` pixels (at
+    most :data:`HEART_CENTRE_PASSES` passes): a heart that a window cuts off is seen whole once the
+    window has moved to it."""
+
+    def predict(prepared: PreparedVolume, flips: bool) -> np.ndarray:
+        return predict_slices(method, prepared.with_context(config.context_slices), batch_size, flips)
+
+    prepared = prepare_volume(image, config)
+    if prepared.window_fits:
+        return prepared, predict(prepared, flip_averaging)
+    overview = prepare_volume(image, dataclasses.replace(config, size=prepared.whole_slices()))
+    centre = heart_centre(overview, predict(overview, False))
+    for _ in range(HEART_CENTRE_PASSES):
+        prepared = prepare_volume(image, config, centre=centre)
+        predicted = predict(prepared, flip_averaging)
+        found = heart_centre(prepared, predicted)
+        if found is None or centre is None or math.dist(found, centre) < HEART_CENTRE_TOLERANCE:
+            break
+        centre = found
+    return prepared, predicted
+
+
+def labelled_centre(
+    image: sitk.Image, label: sitk.Image, config: PreprocessConfig
+) -> tuple[float, float] | None:
+    """The centre of the box around everything ``label`` labels, as (row, column) of the working slices
+    (the ``centre`` of ``prepare_volume``); None where the window holds whole slices."""
+    prepared = prepare_volume(image, config)
+    if prepared.window_fits:
+        return None
+    overview = prepare_volume(image, dataclasses.replace(config, size=prepared.whole_slices()), label)
+    return heart_centre(overview, overview.labels)
+
+
 def keep_largest_components(classes: np.ndarray, num_classes: int) -> np.ndarray:
     """Per structure, keep only its largest 3D connected component (26-connectivity)."""
     cleaned = np.zeros_like(classes)
@@ -152,45 +233,29 @@ class TrainedModel:
         largest_component: bool = True,
         batch_size: int = 16,
         flip_averaging: bool = False,
+        on_missing_heart: Callable[[str], None] | None = None,
     ) -> sitk.Image:
         """A whole volume -> a class label map (uint8, 0 = background) on the input's exact grid.
 
         Post-processing: ``flip_averaging`` (test-time flips, :func:`predict_slices`), then
-        ``largest_component`` (the largest 3D connected component of each structure).
+        ``largest_component`` (the largest 3D connected component of each structure); with
+        ``on_missing_heart``, labels that are not a heart (:func:`missing_heart`) are dropped and it is
+        told why.
+        The window of the network is placed on the heart (:func:`find_heart`)."""
 
-        Where the network's window does not hold whole slices (a scan's field of view, the heart
-        anywhere), a first pass over whole slices finds the heart, and the window is centred on it; then
-        on the heart each pass finds in its window, until the centre moves less than
-        :data:`HEART_CENTRE_TOLERANCE` pixels (at most :data:`HEART_CENTRE_PASSES` passes): a heart
-        that a window cuts off is seen whole once the window has moved to it."""
-
-        def predict(prepared: PreparedVolume) -> np.ndarray:
-            slices = prepared.with_context(self.preprocess.context_slices)
-            return predict_slices(self.method, slices, batch_size, flip_averaging)
-
-        prepared = prepare_volume(image, self.preprocess)
-        if prepared.window_fits:
-            predicted = predict(prepared)
-        else:
-            whole = dataclasses.replace(self.preprocess, size=prepared.whole_slices())
-            overview = prepare_volume(image, whole)
-            centre = heart_centre(
-                overview, predict_slices(self.method, overview.with_context(whole.context_slices), batch_size)
-            )
-            for _ in range(HEART_CENTRE_PASSES):
-                prepared = prepare_volume(image, self.preprocess, centre=centre)
-                predicted = predict(prepared)
-                found = heart_centre(prepared, predicted)
-                if found is None or centre is None or math.dist(found, centre) < HEART_CENTRE_TOLERANCE:
-                    break
-                centre = found
+        prepared, predicted = find_heart(image, self.preprocess, self.method, batch_size, flip_averaging)
         classes = restore_labels(prepared, predicted)
+        array = sitk.GetArrayFromImage(classes)
         if largest_component:
-            array = keep_largest_components(sitk.GetArrayFromImage(classes), self.label_map.num_classes)
-            cleaned = sitk.GetImageFromArray(array)
-            cleaned.CopyInformation(classes)
-            classes = cleaned
-        return classes
+            array = keep_largest_components(array, self.label_map.num_classes)
+        if on_missing_heart is not None:
+            reason = missing_heart(array, self.label_map, prepared.slice_axis)
+            if reason is not None:
+                on_missing_heart(f"no heart was found ({reason}): the segmentation is left empty")
+                array = np.zeros_like(array)
+        cleaned = sitk.GetImageFromArray(array)
+        cleaned.CopyInformation(classes)
+        return cleaned
 
     @torch.no_grad()
     def translate_image(self, image: sitk.Image, batch_size: int = 16) -> sitk.Image:
@@ -218,21 +283,31 @@ def _for_each_case(
     cases: Sequence[VolumeCase],
     out_dir: str | Path,
     tag: str,
-    produce: Callable[[sitk.Image], sitk.Image],
-    label_map: LabelMap,
+    produce: Callable[[sitk.Image, Callable[[str], None]], sitk.Image],
+    model: TrainedModel,
     emit: EventSink,
     should_stop: StopCheck,
 ) -> list[Path]:
-    """Read each case's image, write ``produce(image)`` to its :func:`output_path`; a stop ends the loop early."""
+    """Read each case's image, write ``produce(image)`` to its :func:`output_path`; a stop ends the loop early.
+    A volume whose spacing looks lost or wrong gets a ``warning`` event first."""
     check_unique_names(list(cases), "the volumes to process")
     check_writable_folder(out_dir, "the output folder")
+    outputs = check_outputs_spare_inputs([output_path(out_dir, case, tag) for case in cases], list(cases))
+    check_readable([VolumeCase(case.name, case.image) for case in cases], model.label_map)
     written = []
-    for index, case in enumerate(cases):
+    for index, (case, output) in enumerate(zip(cases, outputs)):
         if should_stop():
             emit({"event": "stopped", "step": index})
             break
-        image, _ = load_case(VolumeCase(case.name, case.image), label_map)
-        written.append(write_image(produce(image), output_path(out_dir, case, tag)))
+        image, _ = load_case(VolumeCase(case.name, case.image), model.label_map)
+
+        def warn(message: str, case: VolumeCase = case) -> None:
+            emit({"event": "warning", "message": f"{case.image}: {message}"})
+
+        problem = spacing_warning(image, model.preprocess)
+        if problem is not None:
+            warn(problem)
+        written.append(write_image(produce(image, warn), output))
         emit(
             {
                 "event": "progress",
@@ -254,15 +329,22 @@ def segment_cases(
     largest_component: bool = True,
     should_stop: StopCheck = never_stop,
     flip_averaging: bool = False,
+    empty_without_heart: bool = True,
 ) -> list[Path]:
     """Segment every case; writes ``<case>_seg<ext>`` (the input's format) with the label map's file values.
+    A volume where no heart is found is written empty, with a ``warning`` event (``empty_without_heart``).
     Returns the paths (fewer than ``cases`` when stopped)."""
 
-    def segment(image: sitk.Image) -> sitk.Image:
-        classes = model.segment_image(image, largest_component, flip_averaging=flip_averaging)
+    def segment(image: sitk.Image, warn: Callable[[str], None]) -> sitk.Image:
+        classes = model.segment_image(
+            image,
+            largest_component,
+            flip_averaging=flip_averaging,
+            on_missing_heart=warn if empty_without_heart else None,
+        )
         return classes_to_values(classes, model.label_map)
 
-    return _for_each_case(cases, out_dir, SEGMENTATION_TAG, segment, model.label_map, emit, should_stop)
+    return _for_each_case(cases, out_dir, SEGMENTATION_TAG, segment, model, emit, should_stop)
 
 
 def translate_cases(
@@ -275,5 +357,11 @@ def translate_cases(
     """Translate every case; writes ``<case>_translated<ext>`` (the input's format). Returns the paths (fewer
     when stopped)."""
     return _for_each_case(
-        cases, out_dir, TRANSLATION_TAG, model.translate_image, model.label_map, emit, should_stop
+        cases,
+        out_dir,
+        TRANSLATION_TAG,
+        lambda image, _: model.translate_image(image),
+        model,
+        emit,
+        should_stop,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CardiacUDALib.atomic import atomic_path
-from CardiacUDALib.cases import VolumeCase
+from CardiacUDALib.cases import VolumeCase, check_utf8
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.typed_values import checked
 
@@ -146,9 +147,11 @@ def _read_series_folder(folder: Path) -> sitk.Image:
 
 def _read_volume(path: str | Path) -> sitk.Image:
     """A scalar 3D image from a file or DICOM folder, in the pixel type of the file."""
-    source = Path(path)
+    source = Path(check_utf8(str(path)))
     if not source.exists():
         raise InputDataError(f"{source} does not exist")
+    if source.is_file() and source.name.lower().endswith((".nii", ".nii.gz")):
+        check_image_values(np.zeros(0), str(source), _nifti_stored_voxels(source))
     try:
         image = _read_series_folder(source) if source.is_dir() else sitk.ReadImage(str(source))
     except RuntimeError as error:
@@ -169,6 +172,22 @@ def _read_volume(path: str | Path) -> sitk.Image:
     return image
 
 
+def read_spacing(path: str | Path) -> tuple[float, ...]:
+    """A volume's voxel spacing (mm), from the file's header alone where the format allows."""
+    source = Path(path)
+    if source.is_file():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(source))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            pass  # read whole below: _read_volume says what is wrong with the file
+        else:
+            if reader.GetDimension() == 3:
+                return tuple(reader.GetSpacing())
+    return _read_volume(source).GetSpacing()
+
+
 # NIfTI-1 and NIfTI-2 headers: (header size, struct of datatype, dim[0..7] and vox_offset at their offsets)
 _NIFTI_LAYOUTS = {
     348: ((70, "h"), (40, "8h"), (108, "f")),
@@ -178,38 +197,48 @@ _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and
 _SCAN_CHUNK_BYTES = 1 << 22
 
 
-def _nifti_non_finite_voxels(path: Path) -> int:
-    """NaN and infinite voxels stored in a float NIfTI file, counted from the file's own bytes.
+def _nifti_stored_voxels(path: Path) -> int:
+    """The NaN and infinite voxels a NIfTI file stores, counted from its own bytes; a file whose voxel
+    data is cut short (a copy or download that stopped) is refused.
 
-    ITK's NIfTI reader turns them into 0 on reading, so an all-NaN volume would arrive as a blank one
-    and a volume with holes as a plausible image; the header and data are read here directly instead.
-    """
+    ITK's NIfTI reader turns NaN into 0 on reading, so an all-NaN volume would arrive as a blank one,
+    and it reads the missing part of a truncated file as zeros; the header and data are read here."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as stream:
-        header = stream.read(540)
-        for order in "<>":
-            if len(header) >= 4 and struct.unpack(f"{order}i", header[:4])[0] in _NIFTI_LAYOUTS:
-                break
-        else:
-            return 0  # not a header we know: ITK has read it, leave it to ITK
-        (type_at, type_format), (dim_at, dim_format), (offset_at, offset_format) = _NIFTI_LAYOUTS[
-            struct.unpack(f"{order}i", header[:4])[0]
-        ]
-        datatype = struct.unpack_from(order + type_format, header, type_at)[0]
-        if datatype not in _NIFTI_FLOAT_TYPES:
-            return 0  # integer voxels cannot be NaN
-        dims = struct.unpack_from(order + dim_format, header, dim_at)
-        voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + int(dims[0])]]))
-        dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
-        stream.seek(int(struct.unpack_from(order + offset_format, header, offset_at)[0]))
-        non_finite, remaining = 0, voxels * dtype.itemsize
-        while remaining > 0:
-            chunk = stream.read(min(remaining, _SCAN_CHUNK_BYTES))
-            if not chunk:
-                break
-            chunk = chunk[: len(chunk) - len(chunk) % dtype.itemsize]
-            non_finite += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk, dtype))))
-            remaining -= len(chunk)
+    try:
+        with opener(path, "rb") as stream:
+            header = stream.read(540)
+            for order in "<>":
+                if len(header) >= 4 and struct.unpack(f"{order}i", header[:4])[0] in _NIFTI_LAYOUTS:
+                    break
+            else:
+                return 0  # not a header we know: ITK has read it, leave it to ITK
+            (type_at, type_format), (dim_at, dim_format), (offset_at, offset_format) = _NIFTI_LAYOUTS[
+                struct.unpack(f"{order}i", header[:4])[0]
+            ]
+            datatype = struct.unpack_from(order + type_format, header, type_at)[0]
+            bits = struct.unpack_from(order + "h", header, type_at + 2)[0]  # bitpix follows datatype
+            dims = struct.unpack_from(order + dim_format, header, dim_at)
+            voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + int(dims[0])]]))
+            dtype = np.dtype(order + _NIFTI_FLOAT_TYPES.get(datatype, f"V{max(int(bits) // 8, 1)}"))
+            stream.seek(int(struct.unpack_from(order + offset_format, header, offset_at)[0]))
+            non_finite, remaining = 0, voxels * dtype.itemsize
+            while remaining > 0:
+                chunk = stream.read(min(remaining, _SCAN_CHUNK_BYTES))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                if datatype in _NIFTI_FLOAT_TYPES:
+                    chunk = chunk[: len(chunk) - len(chunk) % dtype.itemsize]
+                    non_finite += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk, dtype))))
+    except (EOFError, OSError, zlib.error) as error:
+        raise InputDataError(
+            f"{path} is damaged or cut short ({error}); copy or download it again"
+        ) from error
+    if remaining > 0:
+        raise InputDataError(
+            f"{path} is cut short: it holds {voxels * dtype.itemsize - remaining} of the "
+            f"{voxels * dtype.itemsize} bytes of voxel data its header announces; copy or download it again"
+        )
     return non_finite
 
 
@@ -219,14 +248,8 @@ def read_image(path: str | Path) -> sitk.Image:
     Non-finite voxels poison every normalisation; a constant image (all zeros, say, or an all-NaN NIfTI
     file, which ITK reads as zeros) holds nothing to segment, and a network would still label it.
     """
-    source = Path(path)
-    image = sitk.Cast(_read_volume(source), sitk.sitkFloat32)
-    stored_non_finite = (
-        _nifti_non_finite_voxels(source)
-        if source.is_file() and source.name.lower().endswith((".nii", ".nii.gz"))
-        else 0
-    )
-    check_image_values(sitk.GetArrayViewFromImage(image), str(source), stored_non_finite)
+    image = sitk.Cast(_read_volume(path), sitk.sitkFloat32)
+    check_image_values(sitk.GetArrayViewFromImage(image), str(path))
     return image
 
 
@@ -328,7 +351,7 @@ def check_label_not_empty(label: sitk.Image, what: str) -> None:
 
 def write_image(image: sitk.Image, path: str | Path) -> Path:
     """Write atomically (no truncated file after a crash), compressed, format chosen by the extension."""
-    destination = Path(path)
+    destination = Path(check_utf8(str(path)))
     if not destination.name.lower().endswith(WRITE_EXTENSIONS):
         raise InputDataError(
             f"cannot write {destination}: use one of the extensions {', '.join(WRITE_EXTENSIONS)}"
@@ -343,6 +366,13 @@ def load_case(case: VolumeCase, label_map: LabelMap) -> tuple[sitk.Image, sitk.I
     image = read_image(case.image)
     label = read_label(case.label, label_map, image) if case.label is not None else None
     return image, label
+
+
+def check_readable(cases: list[VolumeCase], label_map: LabelMap) -> None:
+    """Read every case once, so that a bad volume among many is found before the first output is written
+    (or the first step trained), not after the good ones before it."""
+    for case in cases:
+        load_case(case, label_map)
 
 
 def is_dicom_series_folder(path: Path) -> bool:

@@ -19,10 +19,11 @@ from typing import Any, ClassVar
 from CardiacUDALib.cases import VolumeCase, cases_from_dicts
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LabelMap, parse_label_map
-from CardiacUDALib.preprocess import PreprocessConfig
+from CardiacUDALib.preprocess import MEDIAN_SOURCE_SPACING, PreprocessConfig
 from CardiacUDALib.typed_values import REQUIRED, check_known_fields, checked_field, field_types
 
 TASK_KEY = "task"
+MAX_SEED = 2**32 - 1
 
 
 class _JobFields:
@@ -47,7 +48,9 @@ class TrainJob(_JobFields):
     target: list[VolumeCase] = field(default_factory=list)
     validation: list[VolumeCase] = field(default_factory=list)  # labelled: checkpoint selection
     label_map: LabelMap | None = None  # None: the starting checkpoint's
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    preprocess: PreprocessConfig = field(
+        default_factory=lambda: PreprocessConfig(in_plane_spacing=MEDIAN_SOURCE_SPACING)
+    )  # what a new model is trained at; one started from a checkpoint keeps the checkpoint's
     preset: str = "paper"
     overrides: dict[str, Any] = field(default_factory=dict)  # method settings, as the CLI's --set
     device: str = "auto"
@@ -58,7 +61,12 @@ class TrainJob(_JobFields):
     segment: list[VolumeCase] = field(default_factory=list)  # segmented with the selected checkpoint
     largest_component: bool = True  # post-processing of those segmentations, as in SegmentJob
     flip_averaging: bool = True
+    empty_without_heart: bool = True
     translate: list[VolumeCase] = field(default_factory=list)  # translated, by methods with a generator
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed <= MAX_SEED:  # what numpy's and torch's generators take
+            raise InputDataError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
 
 
 @dataclass
@@ -81,6 +89,8 @@ class SegmentJob(_CheckpointJob):
     # average the probabilities over test-time flips; on by default, chosen on MS-CMRSeg LGE 1-5
     # (benchmarks/RESULTS.md, post-processing)
     flip_averaging: bool = True
+    # labels that are not a heart (inference.missing_heart) are dropped, with a warning
+    empty_without_heart: bool = True
 
 
 @dataclass

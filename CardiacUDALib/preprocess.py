@@ -1,7 +1,8 @@
 """From a 3D volume to normalised 2D slices for a 2D network, and the exact way back.
 
-The forward path is: pick the slice axis, optionally resample the two in-plane axes to a fixed
-spacing, move the slice axis first, crop every slice to a ``size x size`` window (centred on the
+The forward path is: pick the slice axis, resample the two in-plane axes to the model's spacing
+(a trained model records it: ``--spacing``, or the median of its source volumes; a configuration
+without one keeps each volume's own), move the slice axis first, crop every slice to a ``size x size`` window (centred on the
 image, or on a given point: where the heart was found) or pad it to that size, and normalise
 intensities with the statistics of the voxels inside that window (the same for every slice), so that
 what lies outside it (chest wall, arms, another field of view) does not change them.
@@ -14,7 +15,7 @@ compared voxel by voxel with the input in Slicer and in the metrics.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -25,9 +26,14 @@ from CardiacUDALib.io import check_same_geometry
 
 INTENSITY_PRESETS = ("percentile_zscore", "minmax", "ct_window")
 SLICE_AXES = ("auto", 0, 1, 2)
+MEDIAN_SOURCE_SPACING = "median_source"  # in_plane_spacing decided when training starts (resolve_spacing)
+PLAUSIBLE_IN_PLANE_SPACING_MM = (0.2, 5.0)  # clinical cardiac MRI and CT lie well inside
 MIN_SIZE = 16
 _SCALE_FLOOR = 1e-6
 _SPACING_TIE_TOLERANCE = 1e-3
+RESAMPLING_TOLERANCE = (
+    0.05  # relative: a spacing this close to the model's is used as it is (training scales far more)
+)
 
 
 @dataclass
@@ -35,7 +41,7 @@ class PreprocessConfig:
     """How volumes become network slices; stored in checkpoints so inference repeats training exactly."""
 
     slice_axis: str | int = "auto"
-    in_plane_spacing: float | None = None
+    in_plane_spacing: float | str | None = None  # mm; None: no resampling; MEDIAN_SOURCE_SPACING
     size: int = 192
     intensity: str = "percentile_zscore"
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
@@ -53,8 +59,13 @@ class PreprocessConfig:
         """Why this configuration cannot be used, or None."""
         if isinstance(self.slice_axis, bool) or self.slice_axis not in SLICE_AXES:
             return f"slice_axis must be one of {SLICE_AXES}, got {self.slice_axis!r}"
-        if self.in_plane_spacing is not None and not _is_positive_number(self.in_plane_spacing):
-            return f"in_plane_spacing must be a positive number of mm or None, got {self.in_plane_spacing!r}"
+        if self.in_plane_spacing not in (None, MEDIAN_SOURCE_SPACING) and not _is_positive_number(
+            self.in_plane_spacing
+        ):
+            return (
+                f"in_plane_spacing must be a positive number of mm, {MEDIAN_SOURCE_SPACING!r} or None, "
+                f"got {self.in_plane_spacing!r}"
+            )
         if not isinstance(self.size, int) or self.size < MIN_SIZE:
             return f"size must be an integer of at least {MIN_SIZE}, got {self.size!r}"
         if self.intensity not in INTENSITY_PRESETS:
@@ -203,6 +214,55 @@ class PreparedVolume:
         return self.slices[np.clip(neighbours, 0, count - 1)]
 
 
+def _close_to(spacing: float, model_spacing: float) -> bool:
+    return abs(spacing - model_spacing) <= RESAMPLING_TOLERANCE * model_spacing
+
+
+def in_plane_spacing_of(spacing: tuple[float, ...], slice_axis_setting: str | int) -> float:
+    """The mean of a volume's two in-plane spacings (mm) for this slice-axis setting."""
+    slice_axis = resolve_slice_axis(spacing, slice_axis_setting)
+    return float(np.mean([value for axis, value in enumerate(spacing) if axis != slice_axis]))
+
+
+def resolve_spacing(config: PreprocessConfig, source_spacings: list[tuple[float, ...]]) -> PreprocessConfig:
+    """``config`` with :data:`MEDIAN_SOURCE_SPACING` replaced by the median in-plane spacing of the
+    source volumes (rounded to 0.01 mm): the scale the model is trained at and records."""
+    if config.in_plane_spacing != MEDIAN_SOURCE_SPACING:
+        return config
+    if not source_spacings:
+        raise InputDataError("the median source spacing needs source volumes: give them, or a spacing")
+    median = float(np.median([in_plane_spacing_of(s, config.slice_axis) for s in source_spacings]))
+    return replace(config, in_plane_spacing=round(median, 2))
+
+
+def spacing_problem(spacing: tuple[float, ...], slice_axis_setting: str | int) -> str | None:
+    """Why a volume's spacing looks lost or wrong (all 1 mm: a format that does not store it; in-plane
+    outside :data:`PLAUSIBLE_IN_PLANE_SPACING_MM`), or None."""
+    if all(value == 1.0 for value in spacing):
+        return "every spacing is exactly 1 mm, as when a file format did not store it"
+    in_plane = in_plane_spacing_of(spacing, slice_axis_setting)
+    low, high = PLAUSIBLE_IN_PLANE_SPACING_MM
+    if not low <= in_plane <= high:
+        return f"an in-plane spacing of {in_plane:g} mm is outside {low:g}-{high:g} mm"
+    return None
+
+
+def spacing_warning(image: sitk.Image, config: PreprocessConfig) -> str | None:
+    """The warning for a volume whose spacing looks lost or wrong (its spacing, and what it is resampled
+    to), or None when it looks right."""
+    spacing = image.GetSpacing()
+    problem = spacing_problem(spacing, config.slice_axis)
+    if problem is None:
+        return None
+    used = " x ".join(f"{value:g}" for value in spacing)
+    model = (
+        f", resampled in-plane to the model's {config.in_plane_spacing:g} mm"
+        if isinstance(config.in_plane_spacing, (int, float))
+        else ""
+    )
+    return f"{problem}; the spacing is used as stored, {used} mm{model}: check the file's header"
+
+
 def resolve_slice_axis(spacing: tuple[float, ...], setting: str | int) -> int:
     """The slice axis: as set, or for "auto" the most coarsely sampled axis (ties go to the later axis, z first)."""
     if setting != "auto":
@@ -318,12 +378,18 @@ def prepare_volume(
         )
     if label is not None:
         check_same_geometry(image, label, "the label image")
+    if config.in_plane_spacing == MEDIAN_SOURCE_SPACING:
+        raise InputDataError("the median source spacing is decided when training starts (resolve_spacing)")
     input_grid = _Grid.of(image)
     slice_axis = resolve_slice_axis(input_grid.spacing, config.slice_axis)
     working_grid = input_grid
     image = sitk.Cast(image, sitk.sitkFloat32)
-    if config.in_plane_spacing is not None:
-        working_grid = _in_plane_grid(image, slice_axis, config.in_plane_spacing)
+    if isinstance(config.in_plane_spacing, (int, float)) and not all(
+        _close_to(value, config.in_plane_spacing)
+        for axis, value in enumerate(input_grid.spacing)
+        if axis != slice_axis
+    ):
+        working_grid = _in_plane_grid(image, slice_axis, float(config.in_plane_spacing))
         lowest = float(sitk.GetArrayViewFromImage(image).min())
         image = working_grid.resample(image, sitk.sitkLinear, lowest)
         if label is not None:

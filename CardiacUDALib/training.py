@@ -15,7 +15,7 @@ checkpoints and history, and emits events.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -35,7 +35,6 @@ from CardiacUDALib.data import (
     Shard,
     SlicePool,
     TrainingBatches,
-    load_volumes,
 )
 from CardiacUDALib.device import precision_message
 from CardiacUDALib.errors import CardiacUDAError, InputDataError
@@ -44,10 +43,13 @@ from CardiacUDALib.events import EventSink, StopCheck, ignore_event, never_stop
 from CardiacUDALib.inference import load_weights
 from CardiacUDALib.io import LabelMap
 from CardiacUDALib.jobs import TrainJob
-from CardiacUDALib.methods import AdaptationMethod, build_config, get_method
-from CardiacUDALib.methods.base import MethodConfig, checked_setting, config_from_dict
+from CardiacUDALib.memory import check_training_fits
+from CardiacUDALib.methods import AdaptationMethod
+from CardiacUDALib.methods.base import MethodConfig
+from CardiacUDALib.pools import load_training_volumes
 from CardiacUDALib.preprocess import PreprocessConfig
-from CardiacUDALib.runfolder import RunFolder
+from CardiacUDALib.run_settings import run_settings
+from CardiacUDALib.runfolder import RunFolder, locked
 from CardiacUDALib.stages import STAGES
 
 
@@ -61,62 +63,24 @@ class TrainOutcome:
     selection: str  # how best.pt was chosen, said in every report
 
 
-INHERITED_SETTINGS = {"context_slices", "intensity"}  # MethodConfig settings the weights depend on
-
-
-def _method_and_preprocess(
-    job: TrainJob, resumed: Checkpoint | None, initial: Checkpoint | None
-) -> tuple[type[AdaptationMethod], MethodConfig, PreprocessConfig]:
-    """The run's method config and preprocessing.
-
-    A resumed run keeps its saved config (only ``iterations`` may be raised, to extend it). A run that
-    starts from another checkpoint whose config class this method's config extends (``adabn`` or
-    ``self_training`` from a ``source_only`` or ``gin_ipa`` model, say) inherits that checkpoint's
-    network and loss settings and its preprocessing, so the weights fit; the training schedule
-    (iterations, batch size, learning rate, ...) is this method's preset; the job's overrides apply on top.
-    """
-    method_class = get_method(job.method)
-    if resumed is not None:
-        config = config_from_dict(method_class, resumed.method_config)
-        if "iterations" in job.overrides:  # a user may extend a finished run
-            config.iterations = checked_setting(
-                method_class.config_class, "iterations", job.overrides["iterations"]
-            )
-        return method_class, config, PreprocessConfig.from_dict(resumed.preprocess)
-    initial_config = None if initial is None else get_method(initial.method).config_class
-    if initial_config is not None and issubclass(method_class.config_class, initial_config):
-        schedule = {item.name for item in dataclasses.fields(MethodConfig)} - INHERITED_SETTINGS
-        inherited = {name: value for name, value in initial.method_config.items() if name not in schedule}
-        config = build_config(method_class, job.preset, **{**inherited, **job.overrides})
-        return method_class, config, PreprocessConfig.from_dict(initial.preprocess)
-    config = build_config(method_class, job.preset, **job.overrides)
-    return method_class, config, preprocess_for(config, job.preprocess)
-
-
-def preprocess_for(config: MethodConfig, preprocess: PreprocessConfig) -> PreprocessConfig:
-    """The data's preprocessing with what the method decides: its context slices and intensity preset."""
-    return dataclasses.replace(
-        preprocess,
-        context_slices=config.context_slices,
-        intensity=config.intensity or preprocess.intensity,
-    )
-
-
 def _check_inputs(
     job: TrainJob,
     method_class: type[AdaptationMethod],
-    initial: Checkpoint | None,
+    weights: tuple[tuple[Path, Checkpoint | None], ...],
     needs_source: bool,
 ) -> LabelMap:
-    """The run's label map (the job's, else the starting checkpoint's) after checking the inputs."""
+    """The run's label map (the job's, else the starting checkpoint's) after checking the inputs;
+    ``weights`` are the files the run takes weights from (the starting and the resumed checkpoint)."""
     label_map = job.label_map
-    if initial is not None:
-        trained_for = LabelMap.from_dict(initial.label_map)
+    for path, checkpoint in weights:
+        if checkpoint is None:
+            continue
+        trained_for = LabelMap.from_dict(checkpoint.label_map)
         if label_map is None:
             label_map = trained_for
         elif label_map.values != trained_for.values:
             raise InputDataError(
-                f"{job.initial_checkpoint} was trained for {', '.join(trained_for.class_names)} "
+                f"{path} was trained for {', '.join(trained_for.class_names)} "
                 f"(label values {list(trained_for.values)}); this run's label map has {list(label_map.values)}"
             )
     if label_map is None:
@@ -195,7 +159,9 @@ def train(job: TrainJob, emit: EventSink = ignore_event, should_stop: StopCheck 
     ranks = distributed.this_process()
     device, joined = distributed.start(ranks, job.device)
     try:
-        outcome = _train(job, ranks, device, emit if ranks.is_main else ignore_event, should_stop)
+        folder = check_writable_folder(job.out_dir, "the run folder")
+        with locked(folder) if ranks.is_main else contextlib.nullcontext():
+            outcome = _train(job, ranks, device, emit if ranks.is_main else ignore_event, should_stop)
     except BaseException:
         if joined:  # no last barrier: the other ranks may never reach it (torchrun ends them)
             torch.distributed.destroy_process_group()
@@ -234,9 +200,11 @@ def _train(
         load_checkpoint(run.last, expected_method=job.method) if job.resume and run.last.exists() else None
     )
     initial = None if job.initial_checkpoint is None else load_checkpoint(job.initial_checkpoint)
-    method_class, config, preprocess = _method_and_preprocess(job, resumed, initial)
+    method_class, config, preprocess = run_settings(job, resumed, initial, run)
     needs_source = config.iterations > (resumed.step if resumed is not None else 0)
-    label_map = _check_inputs(job, method_class, initial, needs_source)
+    label_map = _check_inputs(
+        job, method_class, ((job.initial_checkpoint, initial), (run.last, resumed)), needs_source
+    )
     stage_names = finishing_stages(method_class, job)
     if method_class.needs_initial_checkpoint and initial is None and resumed is None:
         raise InputDataError(
@@ -247,32 +215,31 @@ def _train(
         raise CardiacUDAError(
             "iterations=0 means 'no training': give a trained checkpoint to start from (--init FILE)"
         )
+    check_training_fits(method_class, config, label_map.num_classes, preprocess.size, device)
     torch.manual_seed(job.seed)
     # The networks and their starting weights first: a checkpoint that does not fit is refused before
     # minutes of reading volumes.
     method = method_class(config, label_map.num_classes, device)
-    if resumed is not None:
-        load_weights(method, resumed, run.last)
-    elif initial is not None:
+    if (
+        initial is not None
+    ):  # also under a resumed run's weights: it finds the target hearts (pools.load_training_volumes)
         load_weights(method, initial, job.initial_checkpoint, with_optimizers=False)
-    prepare_networks(method, ranks)
+    elif resumed is not None:
+        load_weights(method, resumed, run.last)
     emit({"event": "status", "message": precision_message(device, config.amp)})
-
-    def loaded(done: int, total: int, name: str) -> None:
-        emit({"event": "status", "message": f"loaded {name} ({done}/{total})"})
-
-    source_pool = (
-        SlicePool(load_volumes(job.source, label_map, preprocess, True, loaded), config.context_slices, 0)
-        if needs_source
-        else None
+    source_pool, target_pool, validation = load_training_volumes(
+        job,
+        config,
+        method if initial is not None else None,
+        label_map,
+        preprocess,
+        # only rank 0 validates: the other ranks' list is empty
+        (needs_source, bool((method_class.uses_target or stage_names) and job.target), ranks.is_main),
+        emit,
     )
-    target_pool = (
-        SlicePool(load_volumes(job.target, label_map, preprocess, False, loaded), config.context_slices, 1)
-        if (method_class.uses_target or stage_names) and job.target
-        else None
-    )
-    # only rank 0 validates: the other ranks' list is empty
-    validation = load_volumes(job.validation, label_map, preprocess, True, loaded) if ranks.is_main else []
+    if initial is not None and resumed is not None:
+        load_weights(method, resumed, run.last)
+    prepare_networks(method, ranks)
     # Only now that every input has been read: a job that fails on its inputs leaves no run folder.
     # From here the folder exists, so that a stop file can be put into it before the first checkpoint.
     run.root.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,9 +189,24 @@ def load_manifest(path: Path | None = None) -> Manifest:
 
 
 def cache_dir() -> Path:
-    """The download cache: ``$CARDIAC_UDA_CACHE`` or ``~/.cache/cardiac-uda``, created when missing."""
-    folder = Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "cardiac-uda").expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    """The download cache: ``$CARDIAC_UDA_CACHE`` or ``~/.cache/cardiac-uda`` (read from where it exists;
+    :func:`writable_cache_dir` before writing)."""
+    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "cardiac-uda").expanduser()
+
+
+def writable_cache_dir(cache: Path | None = None) -> Path:
+    """``cache`` (default :func:`cache_dir`), created when missing; a cache that cannot be written (a file,
+    a read-only folder) is refused with what to do, only when something must be written into it."""
+    folder = cache or cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputDataError(
+            f"the model cache {folder} cannot be written ({error.strerror or error}): point {CACHE_VARIABLE} "
+            "at a writable folder"
+        ) from None
     return folder
 
 
@@ -251,7 +267,7 @@ def import_file(path: Path, entry: ModelEntry | None = None, cache: Path | None 
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"cannot import {path}: no such file")
-    folder = cache or cache_dir()
+    folder = writable_cache_dir(cache)
     if entry is None:
         _record_written(folder, path.name)
         with atomic_path(folder / path.name) as temporary:
@@ -271,6 +287,9 @@ def entry_for_file(manifest: Manifest, path: Path) -> ModelEntry | None:
 def _delete_written(folder: Path, names: set[str]) -> int:
     """Delete those of ``names`` that the cache wrote into ``folder`` (its index); the number deleted."""
     written = _written_here(folder)
+    if not names & written:
+        return 0
+    writable_cache_dir(folder)
     count = 0
     for name in sorted(names & written):
         with contextlib.suppress(FileNotFoundError):
@@ -366,10 +385,10 @@ def fetch(
     """
     for url in entry.urls:
         check_download_url(url)
-    folder = cache or cache_dir()
-    destination = folder / entry.file_name
+    destination = (cache or cache_dir()) / entry.file_name
     if _verified(destination, entry) is not None:
         return destination
+    folder = writable_cache_dir(cache)
     if not entry.urls:
         raise DownloadError(
             f"model {entry.id!r} has no download location; import its file with "

@@ -1,7 +1,7 @@
 """The worker process: ``python -m CardiacUDALib.worker JOB.json``.
 
 It runs one job and prints one JSON object per line on standard output (DESIGN.md §2.2):
-``status``, ``progress`` (step, total, losses, eta_s), ``validation``, ``checkpoint``, ``stopped``,
+``status``, ``warning`` (message: an input that is used but looks wrong), ``progress`` (step, total, losses, eta_s), ``validation``, ``checkpoint``, ``stopped``,
 ``result`` (output paths), ``error`` (a message a user can act on), and ``done`` last.
 
 Cancel: a file named ``STOP`` in the job's ``out_dir`` (or SIGTERM) makes a training job save

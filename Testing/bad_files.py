@@ -6,6 +6,7 @@ panel logic), so that every interface is tried with the same mistakes.
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,21 @@ def write_bad_files(root: Path, tiny_phantom: PhantomDataset, tiny_model: Path) 
     _write(np.zeros_like(labels), root / "empty_label.nii.gz", label)
     _write(np.where(labels == 200, 300, labels).astype(labels.dtype), root / "unknown_value.nii.gz", label)
     (root / "existing_file.txt").write_text("not a folder\n")
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(root / "int16_image.nii.gz"))
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(root / "int16_image.nii"))
+    for whole, cut in (
+        ("int16_image.nii.gz", "truncated_int16.nii.gz"),
+        ("int16_image.nii", "truncated_raw.nii"),
+        (str(case.image), "truncated_float.nii.gz"),
+        (str(case.label), "truncated_label.nii.gz"),
+    ):
+        contents = (root / whole).read_bytes()
+        (root / cut).write_bytes(contents[: len(contents) * 6 // 10])  # a copy that stopped at 60 %
+    nan_label = labels.astype(np.float32)
+    nan_label[0, 0, 0] = np.nan
+    _write(nan_label, root / "nan_label.nii.gz", label)
+    (root / "not_utf8").mkdir()
+    (root / "not_utf8" / os.fsdecode(b"caf\xe9.nii.gz")).write_bytes(Path(case.image).read_bytes())
     target_elsewhere = root / "elsewhere" / Path(tiny_phantom.target[0].image).name
     target_elsewhere.parent.mkdir()
     target_elsewhere.write_bytes(Path(tiny_phantom.target[0].image).read_bytes())
@@ -125,6 +141,11 @@ def write_bad_files(root: Path, tiny_phantom: PhantomDataset, tiny_model: Path) 
         references[-1][1].write_bytes(reference.image.read_bytes())
         references[-1][2].write_bytes(reference.label.read_bytes())
         predictions[-1].write_bytes(reference.label.read_bytes())
+    nan_prediction = sitk.Cast(sitk.ReadImage(str(references[0][2])), sitk.sitkFloat32)
+    nan_values = sitk.GetArrayFromImage(nan_prediction)
+    nan_values[0, 0, 0] = np.nan
+    (root / "nan_prediction").mkdir()
+    _write(nan_values, root / "nan_prediction" / predictions[0].name, nan_prediction)
     mis_gridded = root / "mis_gridded" / predictions[0].name
     mis_gridded.parent.mkdir()
     sitk.WriteImage(sitk.ReadImage(str(references[0][2]))[:, :, 1:], str(mis_gridded))

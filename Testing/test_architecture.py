@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 LIBRARY = Path(__file__).resolve().parents[1] / "CardiacUDALib"
-ENGINE_MODULES = ("engine", "training", "inference", "evaluation", "stages")
+ENGINE_MODULES = (
+    "engine",
+    "training",
+    "run_settings",
+    "pools",
+    "memory",
+    "inference",
+    "evaluation",
+    "stages",
+)
 METHOD_INTERFACE = {"__init__", "base", "registry"}  # what every method shares
 TORCH_FREE = (
     "jobs",

@@ -158,6 +158,10 @@ MISTAKES = [
     Mistake("iterations a boolean", _train(settings={"iterations": True}), "'iterations' must be an integer"),
     Mistake("checkpoint_every zero", _train(settings={"checkpoint_every": 0}), "'checkpoint_every' must be at least 1"),
     Mistake("width zero", _train(settings={"width": 0}), "'width' must be at least 1"),
+    Mistake("width beyond memory", _train(method="source_only", settings={"width": 100_000_000}),
+            r"these settings need more bytes than 64 bits count \(weights beyond counting"),
+    Mistake("batch beyond memory", _train(method="source_only", settings={"batch_size": 10_000_000}),
+            r"need at least .* for a batch of 10000000 slices of 64 x 64\), more than the cpu has"),
     Mistake("learning rate NaN", _train(settings={"learning_rate": "nan"}), "'learning_rate' must be a number"),
     Mistake("unknown device", _train(device="tpu"), "unknown device 'tpu'"),
     Mistake("init from another method family", _train(method="varda", init=lambda f: f.checkpoint),
@@ -179,6 +183,22 @@ MISTAKES = [
             "no reference case for prediction|4 predictions for 3 reference cases"),
     Mistake("the same case twice", lambda f: Evaluate([f.predictions[0], *f.predictions], [f.references[0], *f.references]),
             "two predictions for case case000|several volumes are named case000"),
+    Mistake("truncated int16 NIfTI", _train(target=lambda f: [f.truncated_int16]), "is damaged or cut short",
+            lambda f: f.truncated_int16.name),
+    Mistake("truncated uncompressed NIfTI", lambda f: Segment(f.checkpoint, [f.truncated_raw]),
+            "is cut short: it holds [0-9]+ of the [0-9]+ bytes", lambda f: f.truncated_raw.name),
+    Mistake("truncated float NIfTI", lambda f: Segment(f.checkpoint, [f.truncated_float]), "cut short",
+            lambda f: f.truncated_float.name),
+    Mistake("truncated label", _train(source=lambda f: [(f.source[0], f.truncated_label)]), "cut short",
+            lambda f: f.truncated_label.name),
+    Mistake("NaN in a float label", _train(source=lambda f: [(f.source[0], f.nan_label)]), "NaN or infinite",
+            lambda f: f.nan_label.name),
+    Mistake("NaN in a prediction", lambda f: Evaluate([f.root / "nan_prediction" / f.predictions[0].name,
+            *f.predictions[1:]], f.references), "NaN or infinite", lambda f: "nan_prediction"),
+    Mistake("file name not UTF-8", lambda f: Segment(f.checkpoint, list((f.root / "not_utf8").iterdir())),
+            "is not valid UTF-8"),
+    Mistake("a bad volume after good ones", lambda f: Segment(f.checkpoint, [f.target, f.references[1][1],
+            f.slice_2d]), "is a 2D image", lambda f: f.slice_2d.name),
     Mistake("prediction on another grid", lambda f: Evaluate([f.mis_gridded, *f.predictions[1:]], f.references),
             "does not lie on the image grid", lambda f: f.mis_gridded.name),
 ]  # fmt: skip
@@ -270,6 +290,10 @@ JOB_FILES = [
      b'"resume": "false"}', "'resume' must be true or false, not the string 'false'"),
     ("seed as a string", b'{"task": "train", "method": "source_only", "out_dir": "o", "source": [], "seed": "0"}',
      "'seed' must be an integer"),
+    ("seed negative", b'{"task": "train", "method": "source_only", "out_dir": "o", "source": [], "seed": -1}',
+     "the seed must be a whole number from 0 to 4294967295, got -1"),
+    ("seed of 20 digits", b'{"task": "train", "method": "source_only", "out_dir": "o", "seed": 12345678901234567890}',
+     "from 0 to 4294967295"),
     ("out_dir a number", b'{"task": "translate", "checkpoint": "x", "cases": [], "out_dir": 5}',
      "'out_dir' must be a string"),
     # a byte-order mark is read past (Windows editors write one): the error is the content's
@@ -296,3 +320,32 @@ def test_a_malformed_job_file_gets_an_error_event_exit_1_and_done(
     assert [event["event"] for event in events] == ["error", "done"]
     assert re.search(message, events[0]["message"]), events[0]["message"]
     assert [path.name for path in tmp_path.iterdir()] == ["job.json"]  # nothing written
+
+
+def _folder_of_inputs(files: Files, folder: Path) -> dict[Path, bytes]:
+    """``a.nii.gz`` and ``a_seg.nii.gz``, both volumes: an output folder that holds its own inputs."""
+    folder.mkdir()
+    (folder / "a.nii.gz").write_bytes(files.target.read_bytes())
+    (folder / "a_seg.nii.gz").write_bytes(files.source[0].read_bytes())
+    return {path: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_no_command_writes_onto_a_volume_it_reads(files, tmp_path, capsys, restore_sigterm):
+    folder = tmp_path / "d"
+    before = _folder_of_inputs(files, folder)
+    code = cli.main(
+        ["segment", "--checkpoint", str(files.checkpoint), "--images", str(folder), "--out", str(folder)]
+    )
+    assert code == 1
+    assert f"writing {folder / 'a_seg.nii.gz'} would replace the input" in capsys.readouterr().err
+    job = {"task": "segment", "checkpoint": str(files.checkpoint), "out_dir": str(folder),
+           "cases": [{"image": str(path)} for path in sorted(folder.iterdir())]}  # fmt: skip
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert worker.main([str(tmp_path / "job.json")]) == 1
+    assert "would replace the input" in capsys.readouterr().out
+    (folder / "a_reliability.nii.gz").write_bytes(files.target.read_bytes())
+    before[folder / "a_reliability.nii.gz"] = files.target.read_bytes()
+    checkpoints = ["--checkpoint", str(files.checkpoint)] * 2
+    code = cli.main(["compare", *checkpoints, "--target", str(folder), "--out", str(folder)])
+    assert code == 1 and "would replace the input" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in folder.iterdir()} == before  # nothing touched, nothing added

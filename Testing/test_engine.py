@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,9 +24,11 @@ from CardiacUDALib.inference import (
     segment_cases,
 )
 from CardiacUDALib.io import load_case, read_image, read_label
+from CardiacUDALib.memory import check_training_fits, training_bytes
 from CardiacUDALib.methods import get_method
 from CardiacUDALib.methods.source_only import SourceOnly
 from CardiacUDALib.preprocess import prepare_volume
+from CardiacUDALib.runfolder import LOCK_FILE_NAME, locked
 from CardiacUDALib.training import train
 
 
@@ -235,3 +238,48 @@ def test_appearance_augmentation_resumes_exactly(appearance, tiny_phantom, label
         torch.testing.assert_close(
             tensor, load_checkpoint(resumed.last_checkpoint).state["networks"]["segmenter"][name]
         )
+
+
+def test_a_run_folder_is_locked_while_a_process_trains_in_it(tmp_path):
+    folder = tmp_path / "run"
+    with locked(folder):
+        assert (folder / LOCK_FILE_NAME).read_text().startswith(f"process {os.getpid()} on ")
+        with pytest.raises(
+            InputDataError, match=f"the run folder {folder} is in use by process {os.getpid()}"
+        ):
+            with locked(folder):
+                pass
+        (folder / "history.json").write_text("{}")
+    assert sorted(path.name for path in folder.iterdir()) == ["history.json"]  # the lock went, the run stays
+    with locked(tmp_path / "failed"):
+        pass
+    assert not (tmp_path / "failed").exists()  # a folder made only for the lock goes again
+
+
+def test_resuming_with_other_settings_is_refused_with_the_differences_named(
+    tiny_phantom, label_map, tmp_path
+):
+    train(tiny_request(tiny_phantom, label_map, tmp_path, overrides={"iterations": 2, "batch_size": 4}))
+    other = tiny_request(tiny_phantom, label_map, tmp_path, overrides={"iterations": 2, "batch_size": 2})
+    other.preprocess = dataclasses.replace(other.preprocess, size=48)
+    with pytest.raises(
+        InputDataError, match=r"other settings: batch_size 4 \(asked: 2\); size 64 \(asked: 48\)"
+    ):
+        train(other)
+    longer = train(
+        tiny_request(tiny_phantom, label_map, tmp_path, overrides={"iterations": 3, "batch_size": 4})
+    )
+    assert longer.steps_done == 3  # only the length may change
+
+
+def test_a_size_far_beyond_memory_is_refused_before_anything_is_allocated():
+    method_class = get_method("source_only")
+    config = method_class.config_class(batch_size=2)
+    weights, outputs = training_bytes(method_class, config, 4, 64)
+    assert weights == sum(
+        p.numel() for p in SourceOnly(config, 4, torch.device("cpu")).segmenter.parameters()
+    )
+    assert training_bytes(method_class, config, 4, 128)[1] == 4 * outputs  # layer outputs grow with the area
+    check_training_fits(method_class, config, 4, 192, torch.device("cpu"))  # a real size fits
+    with pytest.raises(InputDataError, match="slices of 100000 x 100000"):
+        check_training_fits(method_class, config, 4, 100_000, torch.device("cpu"))

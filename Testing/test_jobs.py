@@ -11,7 +11,7 @@ from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import LABEL_MAPS
 from CardiacUDALib.jobs import EvaluateJob, SegmentJob, TrainJob, TranslateJob, parse_job
-from CardiacUDALib.preprocess import PreprocessConfig
+from CardiacUDALib.preprocess import MEDIAN_SOURCE_SPACING, PreprocessConfig
 
 SOURCE = VolumeCase("p1_C0", Path("data/p1_C0.nii.gz"), Path("data/p1_C0_manual.nii.gz"))
 TARGET = VolumeCase("p1_LGE", Path("data/p1_LGE.nii.gz"))
@@ -51,7 +51,8 @@ def test_every_job_survives_a_trip_through_a_json_file(job):
 def test_omitted_fields_take_the_defaults_and_a_label_map_may_be_a_name():
     job = parse_job({"task": "train", "method": "source_only", "out_dir": "o", "label_map": "mscmrseg"})
     assert job == TrainJob("source_only", Path("o"), label_map=LABEL_MAPS["mscmrseg"])
-    assert job.preprocess == PreprocessConfig() and job.stages == [] and job.resume is True
+    assert job.preprocess == PreprocessConfig(in_plane_spacing=MEDIAN_SOURCE_SPACING)  # resolved in training
+    assert job.stages == [] and job.resume is True
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def test_the_cpu_is_asked_unless_the_variable_forces_the_answer(monkeypatch, nat
 
 def segment_events(checkpoint, cases, out_dir, amp: bool) -> tuple[list[np.ndarray], list[dict]]:
     events: list[dict] = []
-    job = SegmentJob(checkpoint, cases, out_dir, "cpu", amp, flip_averaging=False)
+    job = SegmentJob(checkpoint, cases, out_dir, "cpu", amp, flip_averaging=False, empty_without_heart=False)
     paths = run_job(job, events.append)["segmentations"]
     return [sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in paths], events
 

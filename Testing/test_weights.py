@@ -14,6 +14,8 @@ from test_slicer_packaging import cmake_list
 from CardiacUDALib import cli, weights
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.weights import (
+    CACHE_VARIABLE,
+    PACKAGED_MODELS,
     DownloadCancelled,
     DownloadError,
     clear,
@@ -327,3 +329,15 @@ def test_segment_with_a_model_id_fetches_it(server, cache, tmp_path, tiny_model,
     with pytest.raises(SystemExit):
         cli.main([*arguments, "--model", "test_model", "--checkpoint", str(tiny_model)])
     capsys.readouterr()
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_bundled_model(tmp_path, monkeypatch):
+    """A cache variable pointing at a file (or a read-only folder) breaks only what must write there."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    monkeypatch.setenv(CACHE_VARIABLE, str(blocker))
+    entry = load_manifest().entry("mscmrseg-c0-lge-gin-st")
+    assert model_path(entry) == PACKAGED_MODELS / entry.bundled
+    assert clear() == 0 and blocker.read_text() == "not a folder\n"
+    with pytest.raises(InputDataError, match=f"the model cache {blocker} cannot be written"):
+        import_file(PACKAGED_MODELS / entry.bundled)

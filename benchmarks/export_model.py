@@ -23,8 +23,10 @@ from CardiacUDALib.methods.registry import get_method
 from CardiacUDALib.methods.source_only import SourceOnly
 
 
-def export_segmenter(source: Path, out: Path) -> Path:
-    """``source`` checkpoint -> ``out`` with only the segmenting network's weights."""
+def export_segmenter(source: Path, out: Path, spacing: float | None = None) -> Path:
+    """``source`` checkpoint -> ``out`` with only the segmenting network's weights; ``spacing`` (mm) records
+    the in-plane spacing the model segments at, for a checkpoint trained without resampling (a
+    benchmark run at each volume's own spacing: the median spacing of the target volumes it adapted to)."""
     checkpoint = load_checkpoint(source)
     if not issubclass(get_method(checkpoint.method), SourceOnly):
         raise CheckpointError(
@@ -36,13 +38,13 @@ def export_segmenter(source: Path, out: Path) -> Path:
         method=checkpoint.method,
         method_config=checkpoint.method_config,
         label_map=checkpoint.label_map,
-        preprocess=checkpoint.preprocess,
+        preprocess=checkpoint.preprocess | ({} if spacing is None else {"in_plane_spacing": spacing}),
         state={"networks": {"segmenter": segmenting}, "optimizers": {}},
         step=checkpoint.step,
-        metadata={
-            **checkpoint.metadata,
+        metadata={  # a re-export (to record a spacing) keeps the first export's origin
             "exported_from": str(source),
             "exported_from_sha256": file_sha256(source),
+            **checkpoint.metadata,
         },
     )
     return save_checkpoint(exported, out)
@@ -52,8 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--spacing", type=float, default=None, metavar="MM", help="record this in-plane spacing (mm)"
+    )
     args = parser.parse_args()
-    path = export_segmenter(args.checkpoint, args.out)
+    path = export_segmenter(args.checkpoint, args.out, args.spacing)
     print(f"{path}: {path.stat().st_size} bytes, sha256 {file_sha256(path)}")
 
 

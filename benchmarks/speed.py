@@ -47,7 +47,8 @@ from CardiacUDALib.device import bfloat16_autocast
 from CardiacUDALib.inference import TrainedModel
 from CardiacUDALib.io import load_case
 from CardiacUDALib.methods import build_config, get_method
-from CardiacUDALib.training import prepare_networks, preprocess_for, training_batches
+from CardiacUDALib.run_settings import preprocess_for
+from CardiacUDALib.training import prepare_networks, training_batches
 
 WARM_UP_STEPS = 5
 RESULT_MARKER = "SPEED-RESULT "

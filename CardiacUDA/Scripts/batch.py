@@ -105,6 +105,8 @@ def print_event(event: dict) -> None:
         print(f"{event.get('case', 'step')} {event['step']}/{event['total']} {losses}{eta}", flush=True)
     elif kind in ("status", "log"):
         print(event["message"], flush=True)
+    elif kind == "warning":
+        print(f"warning: {event['message']}", flush=True)
     elif kind == "validation":
         print("validation Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in event["dice"].items()), flush=True)
 
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         ensure_dependencies(confirm=None)
     from CardiacUDALib.arguments import parse_settings
     from CardiacUDALib.jobs import TrainJob
-    from CardiacUDALib.preprocess import PreprocessConfig
+    from CardiacUDALib.preprocess import MEDIAN_SOURCE_SPACING, PreprocessConfig
 
     inputs = AdaptationInputs(
         sources=load_sources(args, context),
@@ -155,7 +157,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         device=args.device,
         seed=args.seed,
         initial_checkpoint=args.weights,
-        preprocess=PreprocessConfig() if args.size is None else PreprocessConfig(size=args.size),
+        preprocess=PreprocessConfig(
+            in_plane_spacing=MEDIAN_SOURCE_SPACING, **({} if args.size is None else {"size": args.size})
+        ),
     )
     mode = choose_mode(args.method, None if args.weights is None else describe_checkpoint(args.weights))
     adaptation = prepare_run(inputs, job, mode, args.out / "run", context.segmentations_logic)

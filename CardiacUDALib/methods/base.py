@@ -41,6 +41,7 @@ class MethodConfig:
     )
     augment: bool = True  # random flips, 90-degree rotations, intensity scale/shift (data.augment_batch)
     deform: bool = False  # with augment: random affine + elastic deformation first (deformation.py)
+    shift: int = 0  # with augment: random in-plane translation of the window, up to this many pixels
     # appearance augmentation of the source branch (appearance.APPEARANCES): the engine gives every
     # method's train_step single-view ones (appearance.SINGLE_VIEW_APPEARANCES) already applied; a method
     # that needs the views in its loss (IPA's consistency, SLAug's saliency) lists them in own_appearances
@@ -56,7 +57,7 @@ class MethodConfig:
 
     # Ranges, checked by build_config before anything is built: every integer setting is at least 1
     # and every number at least 0, except the settings named here (subclasses add their own).
-    zero_allowed: ClassVar[frozenset[str]] = frozenset({"iterations"})  # integers that may be 0
+    zero_allowed: ClassVar[frozenset[str]] = frozenset({"iterations", "shift"})  # integers that may be 0
     positive: ClassVar[frozenset[str]] = frozenset({"learning_rate"})  # numbers that must be > 0
     fractions: ClassVar[frozenset[str]] = frozenset()  # numbers in [0, 1]
 
@@ -154,11 +155,14 @@ class AdaptationMethod:
         Every network's floating outputs come back as float32, so that what the caller computes from them
         (losses, softmax and Dice, pseudo-labels) stays in float32; only the networks' own layers run in
         bfloat16."""
-        if self.bfloat16 and not self._float32_outputs:
+        if not self.bfloat16:  # no autocast context at all (also on devices without one, such as "meta")
+            yield
+            return
+        if not self._float32_outputs:
             for network in self.networks().values():
                 network.register_forward_hook(_float32_outputs)
             self._float32_outputs = True
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
             yield
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+"""The volumes a training run reads: source and target slice pools and validation volumes, each with
+the network's window on the heart, wherever the heart lies in the field of view."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import SimpleITK as sitk
+
+from CardiacUDALib.data import LoadedVolume, SlicePool, load_volumes
+from CardiacUDALib.events import EventSink
+from CardiacUDALib.inference import find_heart, heart_centre, labelled_centre
+from CardiacUDALib.io import LabelMap
+from CardiacUDALib.jobs import TrainJob
+from CardiacUDALib.methods import AdaptationMethod
+from CardiacUDALib.methods.base import MethodConfig
+from CardiacUDALib.preprocess import PreprocessConfig
+
+
+def load_training_volumes(
+    job: TrainJob,
+    config: MethodConfig,
+    locator: AdaptationMethod | None,
+    label_map: LabelMap,
+    preprocess: PreprocessConfig,
+    needs: tuple[bool, bool, bool],
+    emit: EventSink,
+) -> tuple[SlicePool | None, SlicePool | None, list[LoadedVolume]]:
+    """The source and target slice pools and the validation volumes, as ``needs`` (source, target,
+    validation) asks, each with the network's window on the heart.
+
+    Where a volume's slices are wider than the window (a scan's whole field of view), the window is
+    centred on the box of its labels (source, validation), or on the heart that ``locator`` (the
+    starting checkpoint's networks) finds (target; without a starting checkpoint, the middle of the
+    slice). Pools hold windows ``2 * shift`` pixels wider, to be moved at random (``SlicePool``)."""
+
+    def loaded(done: int, total: int, name: str, warning: str | None) -> None:
+        if warning is not None:
+            emit({"event": "warning", "message": warning})
+        emit({"event": "status", "message": f"loaded {name} ({done}/{total})"})
+
+    def on_labels(image: sitk.Image, label: sitk.Image | None) -> tuple[float, float] | None:
+        return None if label is None else labelled_centre(image, label, preprocess)
+
+    def on_found_heart(image: sitk.Image, label: sitk.Image | None) -> tuple[float, float] | None:
+        return None if locator is None else heart_centre(*find_heart(image, preprocess, locator))
+
+    pooled = dataclasses.replace(preprocess, size=preprocess.size + 2 * config.shift)
+    needs_source, needs_target, validates = needs
+    source_pool = (
+        SlicePool(
+            load_volumes(job.source, label_map, pooled, True, loaded, on_labels),
+            config.context_slices,
+            0,
+            config.shift,
+        )
+        if needs_source
+        else None
+    )
+    target_pool = (
+        SlicePool(
+            load_volumes(job.target, label_map, pooled, False, loaded, on_found_heart),
+            config.context_slices,
+            1,
+            config.shift,
+        )
+        if needs_target
+        else None
+    )
+    validation = (
+        load_volumes(job.validation, label_map, preprocess, True, loaded, on_labels) if validates else []
+    )
+    return source_pool, target_pool, validation

@@ -1,0 +1,78 @@
+"""What a training run trains with: the method config and preprocessing, from the job, from the
+checkpoint it starts from, or from the run it resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from CardiacUDALib.checkpoint import Checkpoint
+from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.io import read_spacing
+from CardiacUDALib.jobs import TrainJob
+from CardiacUDALib.methods import AdaptationMethod, build_config, get_method
+from CardiacUDALib.methods.base import MethodConfig, config_from_dict
+from CardiacUDALib.preprocess import MEDIAN_SOURCE_SPACING, PreprocessConfig, resolve_spacing
+from CardiacUDALib.runfolder import RunFolder
+
+INHERITED_SETTINGS = {"context_slices", "intensity"}  # MethodConfig settings the weights depend on
+
+
+# Settings a resumed run may take from the resuming job: its length, and how fast and how often it
+# reports (none changes what a step computes on the CPU); every other difference is refused.
+MAY_CHANGE_ON_RESUME = {"iterations", "amp", "channels_last", "compile", "prefetch", "validate_every",
+                        "checkpoint_every"}  # fmt: skip
+
+
+def run_settings(
+    job: TrainJob, resumed: Checkpoint | None, initial: Checkpoint | None, run: RunFolder
+) -> tuple[type[AdaptationMethod], MethodConfig, PreprocessConfig]:
+    """The run's method config and preprocessing.
+
+    A run that starts from another checkpoint whose config class this method's config extends
+    (``adabn`` or ``self_training`` from a ``source_only`` or ``gin_ipa`` model, say) inherits that
+    checkpoint's network and loss settings and its preprocessing, so the weights fit; the training
+    schedule (iterations, batch size, learning rate, ...) is this method's preset; the job's overrides
+    apply on top. A resumed run keeps its saved config; a job that asks for other settings is refused
+    with the differences named, except for :data:`MAY_CHANGE_ON_RESUME` (``iterations`` extends a
+    finished run).
+    """
+    method_class = get_method(job.method)
+    initial_config = None if initial is None else get_method(initial.method).config_class
+    if initial_config is not None and issubclass(method_class.config_class, initial_config):
+        schedule = {item.name for item in dataclasses.fields(MethodConfig)} - INHERITED_SETTINGS
+        inherited = {name: value for name, value in initial.method_config.items() if name not in schedule}
+        config = build_config(method_class, job.preset, **{**inherited, **job.overrides})
+        preprocess = PreprocessConfig.from_dict(initial.preprocess)
+    else:
+        config = build_config(method_class, job.preset, **job.overrides)
+        preprocess = preprocess_for(config, job.preprocess)
+        if preprocess.in_plane_spacing == MEDIAN_SOURCE_SPACING:
+            preprocess = resolve_spacing(preprocess, [read_spacing(case.image) for case in job.source])
+    if resumed is None:
+        return method_class, config, preprocess
+    saved = config_from_dict(method_class, resumed.method_config)
+    saved_preprocess = PreprocessConfig.from_dict(resumed.preprocess)
+    differences = [
+        f"{name} {getattr(old, name)!r} (asked: {getattr(new, name)!r})"
+        for old, new in ((saved, config), (saved_preprocess, preprocess))
+        for name in (item.name for item in dataclasses.fields(old))
+        if name not in MAY_CHANGE_ON_RESUME and getattr(old, name) != getattr(new, name)
+    ]
+    if differences:
+        raise InputDataError(
+            f"{run.root} holds a run trained with other settings: {'; '.join(differences)}. Resume it with "
+            "its own settings (only iterations may change), or start afresh in another folder (or with "
+            "--no-resume)"
+        )
+    if "iterations" in job.overrides:  # a user may extend a finished run
+        saved.iterations = config.iterations
+    return method_class, saved, saved_preprocess
+
+
+def preprocess_for(config: MethodConfig, preprocess: PreprocessConfig) -> PreprocessConfig:
+    """The data's preprocessing with what the method decides: its context slices and intensity preset."""
+    return dataclasses.replace(
+        preprocess,
+        context_slices=config.context_slices,
+        intensity=config.intensity or preprocess.intensity,
+    )
