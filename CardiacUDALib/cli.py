@@ -324,6 +324,8 @@ def _models_import(args: argparse.Namespace) -> None:
 
     manifest = _manifest(args)
     path = existing_path(args.file, "FILE")
+    if not path.is_file():
+        raise InputDataError(f"cannot import {path}: it is a folder; give the model file (.pt)")
     entry = manifest.entry(args.id) if args.id else entry_for_file(manifest, path)
     if entry is None:
         raise InputDataError(

@@ -162,6 +162,8 @@ MISTAKES = [
             r"these settings need more bytes than 64 bits count \(weights beyond counting"),
     Mistake("batch beyond memory", _train(method="source_only", settings={"batch_size": 10_000_000}),
             r"need at least .* for a batch of 10000000 slices of 64 x 64\), more than the cpu has"),
+    Mistake("unknown normalisation", _train(method="source_only", settings={"norm": "bogus"}),
+            "setting 'norm' must be one of batch, instance, none, not 'bogus'"),
     Mistake("learning rate NaN", _train(settings={"learning_rate": "nan"}), "'learning_rate' must be a number"),
     Mistake("unknown device", _train(device="tpu"), "unknown device 'tpu'"),
     Mistake("init from another method family", _train(method="varda", init=lambda f: f.checkpoint),

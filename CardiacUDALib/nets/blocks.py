@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from CardiacUDALib.errors import CardiacUDAError
+
 NORMALISATIONS = ("batch", "instance", "none")
 
 
@@ -17,7 +19,7 @@ def normalisation_2d(kind: str, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels, affine=False)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"unknown normalisation {kind!r}; choose one of {', '.join(NORMALISATIONS)}")
+    raise CardiacUDAError(f"setting 'norm' must be one of {', '.join(NORMALISATIONS)}, not {kind!r}")
 
 
 def pad_to_multiple(tensor: torch.Tensor, multiple: int) -> torch.Tensor:
