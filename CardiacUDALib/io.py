@@ -230,6 +230,8 @@ def _nifti_stored_voxels(path: Path) -> int:
                 if datatype in _NIFTI_FLOAT_TYPES:
                     chunk = chunk[: len(chunk) - len(chunk) % dtype.itemsize]
                     non_finite += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk, dtype))))
+    except gzip.BadGzipFile:
+        return 0  # not gzip data at all: ITK says what it is not
     except (EOFError, OSError, zlib.error) as error:
         raise InputDataError(
             f"{path} is damaged or cut short ({error}); copy or download it again"
