@@ -129,8 +129,9 @@ def test_diverging_training_stops_with_advice_and_keeps_the_last_checkpoint(
 ):
     train(tiny_request(tiny_phantom, label_map, tmp_path))
     monkeypatch.setattr(SourceOnly, "train_step", lambda self, source, target: {"loss": float("nan")})
+    longer = {"iterations": 8, "validate_every": 3, "checkpoint_every": 3, "batch_size": 4}  # only longer
     with pytest.raises(CardiacUDAError, match="diverged at step 7.*learning rate"):
-        train(tiny_request(tiny_phantom, label_map, tmp_path, overrides={"iterations": 8}))
+        train(tiny_request(tiny_phantom, label_map, tmp_path, overrides=longer))
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").step == 6
 
 
