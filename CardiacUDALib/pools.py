@@ -4,9 +4,11 @@ the network's window on the heart, wherever the heart lies in the field of view.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import SimpleITK as sitk
 
+from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.data import LoadedVolume, SlicePool, load_volumes
 from CardiacUDALib.events import EventSink
 from CardiacUDALib.inference import find_heart, heart_centre, labelled_centre
@@ -15,6 +17,8 @@ from CardiacUDALib.jobs import TrainJob
 from CardiacUDALib.methods import AdaptationMethod
 from CardiacUDALib.methods.base import MethodConfig
 from CardiacUDALib.preprocess import PreprocessConfig
+
+CentreOf = Callable[[sitk.Image, sitk.Image | None], tuple[float, float] | None]
 
 
 def load_training_volumes(
@@ -46,27 +50,14 @@ def load_training_volumes(
         return None if locator is None else heart_centre(*find_heart(image, preprocess, locator))
 
     pooled = dataclasses.replace(preprocess, size=preprocess.size + 2 * config.shift)
+
+    def pool(cases: list[VolumeCase], labelled: bool, centre_of: CentreOf, stream: int) -> SlicePool:
+        volumes = load_volumes(cases, label_map, pooled, labelled, loaded, centre_of)
+        return SlicePool(volumes, config.context_slices, stream, config.shift)
+
     needs_source, needs_target, validates = needs
-    source_pool = (
-        SlicePool(
-            load_volumes(job.source, label_map, pooled, True, loaded, on_labels),
-            config.context_slices,
-            0,
-            config.shift,
-        )
-        if needs_source
-        else None
-    )
-    target_pool = (
-        SlicePool(
-            load_volumes(job.target, label_map, pooled, False, loaded, on_found_heart),
-            config.context_slices,
-            1,
-            config.shift,
-        )
-        if needs_target
-        else None
-    )
+    source_pool = pool(job.source, True, on_labels, 0) if needs_source else None
+    target_pool = pool(job.target, False, on_found_heart, 1) if needs_target else None
     validation = (
         load_volumes(job.validation, label_map, preprocess, True, loaded, on_labels) if validates else []
     )
