@@ -5,24 +5,40 @@ destination folder (same file system, same extension so that SimpleITK picks the
 moves it over the destination with :func:`os.replace` only when the block finished without error.
 A process killed outright (SIGKILL) leaves its temporary behind; the next write of the same file
 removes it. :func:`check_writable_folder` refuses an output folder that cannot be one before any
-work starts.
+work starts. A write the file system refuses (full disk, quota, read-only, a name too long) becomes an
+:class:`~CardiacUDALib.errors.OutputError` that names the file, whichever writer ran in the block.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.errors import InputDataError, OutputError
 
 _HASH_CHUNK_BYTES = 1 << 20
+
+# The errors of a file system that refuses a write; any other OSError in a write block (a network
+# error of a download, say) is not about the output and passes through unchanged.
+_STORAGE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "ENAMETOOLONG", "EIO", "ENOTDIR")
+    if hasattr(errno, name)
+)
+# Where the platform cannot say (no os.pathconf), the common limits of a file name and a path in bytes.
+_DEFAULT_NAME_MAX = 255
+_DEFAULT_PATH_MAX = 4096
+# Bytes kept for the names written inside an output folder (``<case>_reliability.nii.gz`` and its temporary).
+_INNER_NAME_BYTES = 255
 
 _DOUBLE_SUFFIXES = (".nii.gz", ".seg.nrrd", ".tar.gz")
 
@@ -63,20 +79,45 @@ def remove_leftover_temporaries(destination: Path) -> None:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
     destination = Path(path)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftover_temporaries(destination)
-    prefix, suffix = _temporary_affixes(destination)
-    handle, temporary_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=destination.parent)
-    os.close(handle)
-    temporary = Path(temporary_name)
-    # mkstemp creates the file readable by its owner only; give the output the usual umask mode.
-    os.chmod(temporary, 0o666 & ~_current_umask())
     try:
-        yield temporary
-        os.replace(temporary, destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftover_temporaries(destination)
+        prefix, suffix = _temporary_affixes(destination)
+        handle, temporary_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=destination.parent)
+        os.close(handle)
+        temporary = Path(temporary_name)
+        # mkstemp creates the file readable by its owner only; give the output the usual umask mode.
+        os.chmod(temporary, 0o666 & ~_current_umask())
+    except OSError as error:
+        raise _write_refused(destination, error) from error
+    try:
+        try:
+            yield temporary
+            os.replace(temporary, destination)
+        except OSError as error:
+            if error.errno not in _STORAGE_ERRNOS:
+                raise
+            raise _write_refused(destination, error) from error
+        except RuntimeError as error:
+            # Writers in C++ (torch.save's zip writer, ITK) report a failed write as a RuntimeError.
+            raise _write_refused(destination, error) from error
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def _write_refused(destination: Path, error: Exception) -> OutputError:
+    """The message for a write of ``destination`` that failed: the system's reason and the free space."""
+    # A C++ writer's own text (torch: "unexpected pos ...") says nothing to a user; the free space does.
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else "the write did not complete"
+    existing = destination.parent
+    while not existing.is_dir() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = f"; {shutil.disk_usage(existing).free / 1e6:.1f} MB free on its disk"
+    except OSError:
+        free = ""
+    return OutputError(f"cannot write {destination}: {reason}{free}; nothing was replaced")
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -98,6 +139,7 @@ def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     if not str(path).strip():
         raise InputDataError(f"{what} is empty: give a folder (write '.' for the current one)")
     folder = Path(path)
+    _check_name_lengths(folder, what)
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -107,6 +149,35 @@ def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputDataError(f"{what} {folder} cannot be written: no write permission in {existing}")
     return folder
+
+
+def _limit(folder: Path, name: str, default: int) -> int:
+    """The file system's limit ``name`` (``PC_NAME_MAX``, ``PC_PATH_MAX``) where ``folder`` would live."""
+    existing = folder.absolute()
+    while existing != existing.parent and not os.path.isdir(existing):
+        existing = existing.parent
+    try:
+        return int(os.pathconf(existing, name))
+    except (AttributeError, OSError, ValueError):
+        return default
+
+
+def _check_name_lengths(folder: Path, what: str) -> None:
+    """Refuse a folder whose name, or whose path with a file written in it, the file system cannot hold."""
+    name_max = _limit(folder, "PC_NAME_MAX", _DEFAULT_NAME_MAX)
+    for part in folder.parts:
+        length = len(os.fsencode(part))
+        if length > name_max:
+            raise InputDataError(
+                f"{what} has a name of {length} bytes ({part[:40]}...); the file system allows {name_max}"
+            )
+    length = len(os.fsencode(str(folder.absolute())))
+    path_max = _limit(folder, "PC_PATH_MAX", _DEFAULT_PATH_MAX)
+    if length + _INNER_NAME_BYTES >= path_max:
+        raise InputDataError(
+            f"{what} has a path of {length} bytes; with the files written into it, that is over the "
+            f"file system's limit of {path_max}: choose a shorter path"
+        )
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

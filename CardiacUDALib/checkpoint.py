@@ -27,12 +27,17 @@ import re
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from CardiacUDALib.atomic import atomic_path
 from CardiacUDALib.errors import CheckpointError
+from CardiacUDALib.io import LabelMap
+from CardiacUDALib.preprocess import PreprocessConfig
+
+if TYPE_CHECKING:
+    from CardiacUDALib.weights import ModelEntry
 
 FORMAT_VERSION = 2
 FORMAT_MARKER = "cardiac-uda-checkpoint"
@@ -140,6 +145,31 @@ def load_checkpoint(
             f"choose a {expected_method} checkpoint or the method {checkpoint.method}"
         )
     return checkpoint
+
+
+def check_manifest_entry(path: str | os.PathLike[str], entry: ModelEntry) -> None:
+    """Refuse a manifest model whose file holds another method, label map or preprocessing than its entry
+    says: the SHA-256 proves that the file is the one the entry names, not that the entry describes it."""
+    checkpoint = load_checkpoint(path)
+    said = {
+        "method": entry.method,
+        "label map": LabelMap.from_dict(entry.label_map).to_dict(),
+        "preprocessing": PreprocessConfig.from_dict(entry.preprocessing).to_dict(),
+    }
+    held = {
+        "method": checkpoint.method,
+        "label map": LabelMap.from_dict(checkpoint.label_map).to_dict(),
+        "preprocessing": PreprocessConfig.from_dict(checkpoint.preprocess).to_dict(),
+    }
+    differing = [name for name in said if said[name] != held[name]]
+    if differing:
+        details = "; ".join(
+            f"{name}: the manifest says {said[name]}, the file {held[name]}" for name in differing
+        )
+        raise CheckpointError(
+            f"model {entry.id!r} is not what its manifest entry says ({details}); correct the manifest, "
+            f"or give the file itself with --checkpoint {path}"
+        )
 
 
 def _update_digest(digest: Any, value: Any) -> None:

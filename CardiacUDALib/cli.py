@@ -272,15 +272,19 @@ def _resolve(args: argparse.Namespace, model_id: str) -> Path:
 
     Ctrl-C keeps the partial download and says how to resume.
     """
+    from CardiacUDALib.checkpoint import check_manifest_entry
     from CardiacUDALib.weights import resolve_model
 
+    manifest = _manifest(args)
     bar = _DownloadBar(model_id)
     try:
-        return resolve_model(model_id, _manifest(args), progress=bar)
+        path = resolve_model(model_id, manifest, progress=bar)
     except KeyboardInterrupt:
         raise StoppedByUser(f"download of {model_id!r} stopped; {RESUME_DOWNLOAD_HINT}") from None
     finally:
         bar.close()
+    check_manifest_entry(path, manifest.entry(model_id))
+    return path
 
 
 def _manifest(args: argparse.Namespace) -> Any:
@@ -320,6 +324,7 @@ def _models_fetch(args: argparse.Namespace) -> None:
 
 
 def _models_import(args: argparse.Namespace) -> None:
+    from CardiacUDALib.checkpoint import check_manifest_entry
     from CardiacUDALib.weights import entry_for_file, import_file
 
     manifest = _manifest(args)
@@ -331,6 +336,7 @@ def _models_import(args: argparse.Namespace) -> None:
         raise InputDataError(
             f"{path} is no model of the manifest (no SHA-256 matches); give --id ID to say which"
         )
+    check_manifest_entry(path, entry)
     print(import_file(path, entry))
 
 

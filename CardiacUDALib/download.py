@@ -38,13 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         if len(args) != 1:
             raise InputDataError("usage: python -m CardiacUDALib.download DOWNLOAD.json")
         job = read_json_file(args[0], "download job file")
+        entry = entry_from_dict(job["entry"], 0)
         path = fetch(
-            entry_from_dict(job["entry"], 0),
+            entry,
             None if job["cache"] is None else Path(job["cache"]),
             lambda done, total: print_event({"event": "progress", "step": done, "total": total}),
             stop_file.exists,
             float(job["timeout"]),
         )
+        # Here, not at import: the Slicer process imports this module, and only this process needs torch.
+        from CardiacUDALib.checkpoint import check_manifest_entry
+
+        check_manifest_entry(path, entry)
     except DownloadCancelled as error:
         stopped = True
         print_event({"event": "stopped", "message": str(error)})

@@ -15,3 +15,7 @@ class InputDataError(CardiacUDAError):
 
 class CheckpointError(CardiacUDAError):
     """A checkpoint or weights file cannot be loaded (missing, corrupt, other method, newer format)."""
+
+
+class OutputError(CardiacUDAError):
+    """An output cannot be written: the disk is full, the name is too long, no permission."""

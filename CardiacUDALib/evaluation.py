@@ -50,11 +50,16 @@ def evaluate_cases(
             f"each ({', '.join(case.name for case in references)}); these match none or repeat one: "
             f"{', '.join(unmatched) or 'a case named twice'}"
         )
+    unlabelled = [case.name for case in references if case.label is None]
+    if unlabelled:
+        raise InputDataError(
+            f"{len(unlabelled)} of {len(references)} reference cases have no label file to evaluate "
+            f"against ({', '.join(unlabelled)}); give references with labels (<case>_manual.nii.gz or "
+            "<case>_label.nii.gz beside each image)"
+        )
     table = EvaluationTable(tuple(label_map.class_names), [])
     for case in references:
         prediction_path = prediction_of[case.name]
-        if case.label is None:
-            raise InputDataError(f"case {case.name} has no reference label map to evaluate against")
         reference_image, reference = load_case(case, label_map)
         predicted = read_label(prediction_path, label_map, reference_image, f"prediction {prediction_path}")
         table.add(case.name, score_images(predicted, reference, label_map.class_names))

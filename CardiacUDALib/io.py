@@ -11,10 +11,7 @@ offending value, because these are the errors a user hits first and can fix them
 
 from __future__ import annotations
 
-import gzip
 import re
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import SimpleITK as sitk
 from CardiacUDALib.atomic import atomic_path
 from CardiacUDALib.cases import VolumeCase, check_utf8
 from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.stored_data import check_written, stored_non_finite_voxels
 from CardiacUDALib.typed_values import checked
 
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -150,8 +148,8 @@ def _read_volume(path: str | Path) -> sitk.Image:
     source = Path(check_utf8(str(path)))
     if not source.exists():
         raise InputDataError(f"{source} does not exist")
-    if source.is_file() and source.name.lower().endswith((".nii", ".nii.gz")):
-        check_image_values(np.zeros(0), str(source), _nifti_stored_voxels(source))
+    if source.is_file():
+        check_image_values(np.zeros(0), str(source), stored_non_finite_voxels(source))
     try:
         image = _read_series_folder(source) if source.is_dir() else sitk.ReadImage(str(source))
     except RuntimeError as error:
@@ -186,62 +184,6 @@ def read_spacing(path: str | Path) -> tuple[float, ...]:
             if reader.GetDimension() == 3:
                 return tuple(reader.GetSpacing())
     return _read_volume(source).GetSpacing()
-
-
-# NIfTI-1 and NIfTI-2 headers: (header size, struct of datatype, dim[0..7] and vox_offset at their offsets)
-_NIFTI_LAYOUTS = {
-    348: ((70, "h"), (40, "8h"), (108, "f")),
-    540: ((12, "h"), (16, "8q"), (168, "q")),
-}
-_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64
-_SCAN_CHUNK_BYTES = 1 << 22
-
-
-def _nifti_stored_voxels(path: Path) -> int:
-    """The NaN and infinite voxels a NIfTI file stores, counted from its own bytes; a file whose voxel
-    data is cut short (a copy or download that stopped) is refused.
-
-    ITK's NIfTI reader turns NaN into 0 on reading, so an all-NaN volume would arrive as a blank one,
-    and it reads the missing part of a truncated file as zeros; the header and data are read here."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as stream:
-            header = stream.read(540)
-            for order in "<>":
-                if len(header) >= 4 and struct.unpack(f"{order}i", header[:4])[0] in _NIFTI_LAYOUTS:
-                    break
-            else:
-                return 0  # not a header we know: ITK has read it, leave it to ITK
-            (type_at, type_format), (dim_at, dim_format), (offset_at, offset_format) = _NIFTI_LAYOUTS[
-                struct.unpack(f"{order}i", header[:4])[0]
-            ]
-            datatype = struct.unpack_from(order + type_format, header, type_at)[0]
-            bits = struct.unpack_from(order + "h", header, type_at + 2)[0]  # bitpix follows datatype
-            dims = struct.unpack_from(order + dim_format, header, dim_at)
-            voxels = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + int(dims[0])]]))
-            dtype = np.dtype(order + _NIFTI_FLOAT_TYPES.get(datatype, f"V{max(int(bits) // 8, 1)}"))
-            stream.seek(int(struct.unpack_from(order + offset_format, header, offset_at)[0]))
-            non_finite, remaining = 0, voxels * dtype.itemsize
-            while remaining > 0:
-                chunk = stream.read(min(remaining, _SCAN_CHUNK_BYTES))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                if datatype in _NIFTI_FLOAT_TYPES:
-                    chunk = chunk[: len(chunk) - len(chunk) % dtype.itemsize]
-                    non_finite += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk, dtype))))
-    except gzip.BadGzipFile:
-        return 0  # not gzip data at all: ITK says what it is not
-    except (EOFError, OSError, zlib.error) as error:
-        raise InputDataError(
-            f"{path} is damaged or cut short ({error}); copy or download it again"
-        ) from error
-    if remaining > 0:
-        raise InputDataError(
-            f"{path} is cut short: it holds {voxels * dtype.itemsize - remaining} of the "
-            f"{voxels * dtype.itemsize} bytes of voxel data its header announces; copy or download it again"
-        )
-    return non_finite
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -360,6 +302,7 @@ def write_image(image: sitk.Image, path: str | Path) -> Path:
         )
     with atomic_path(destination) as temporary:
         sitk.WriteImage(image, str(temporary), useCompression=True)
+        check_written(temporary, image.GetSize())
     return destination
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from CardiacUDALib.atomic import atomic_path, write_text_atomic
+from CardiacUDALib.atomic import atomic_path, check_writable_folder, write_text_atomic
 from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.phantom_models import ACQUISITION_MODELS, INTENSITY_MODELS, Tissue
 
@@ -432,7 +432,7 @@ def write_phantom_dataset(
         raise ValueError(f"subjects must be at least 1, got {subjects}")
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
-    root = Path(out_dir)
+    root = check_writable_folder(out_dir, "the phantom folder")
     cases: dict[str, list[VolumeCase]] = {domain: [] for domain in DOMAINS}
     for domain_index, domain in enumerate(DOMAINS):
         for index in range(subjects):

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from CardiacUDALib.atomic import check_writable_folder
 from CardiacUDALib.engine import run_job
 from CardiacUDALib.errors import CardiacUDAError
 from CardiacUDALib.events import print_event
@@ -57,8 +58,8 @@ def _finite(value: Any) -> Any:
 
 
 def _stop_request(job: Job) -> StopRequest:
-    """Stops on SIGTERM, and on the stop file in the job's output folder."""
-    stop = StopRequest(job.out_dir / STOP_FILE_NAME)
+    """Stops on SIGTERM, and on the stop file in the job's output folder (checked to be one first)."""
+    stop = StopRequest(check_writable_folder(job.out_dir, "the output folder") / STOP_FILE_NAME)
     if stop.stop_file.is_file():
         stop.stop_file.unlink()  # a stop file left by an earlier cancel must not stop the resumed run
     signal.signal(signal.SIGTERM, stop.on_signal)

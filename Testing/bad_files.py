@@ -100,11 +100,13 @@ def write_bad_files(root: Path, tiny_phantom: PhantomDataset, tiny_model: Path) 
     (root / "existing_file.txt").write_text("not a folder\n")
     sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(root / "int16_image.nii.gz"))
     sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(root / "int16_image.nii"))
+    sitk.WriteImage(image, str(root / "image.mha"))
     for whole, cut in (
         ("int16_image.nii.gz", "truncated_int16.nii.gz"),
         ("int16_image.nii", "truncated_raw.nii"),
         (str(case.image), "truncated_float.nii.gz"),
         (str(case.label), "truncated_label.nii.gz"),
+        ("image.mha", "truncated_mha.mha"),
     ):
         contents = (root / whole).read_bytes()
         (root / cut).write_bytes(contents[: len(contents) * 6 // 10])  # a copy that stopped at 60 %
@@ -146,6 +148,8 @@ def write_bad_files(root: Path, tiny_phantom: PhantomDataset, tiny_model: Path) 
     nan_values[0, 0, 0] = np.nan
     (root / "nan_prediction").mkdir()
     _write(nan_values, root / "nan_prediction" / predictions[0].name, nan_prediction)
+    (root / "unlabelled_references").mkdir()
+    (root / "unlabelled_references" / references[0][1].name).write_bytes(references[0][1].read_bytes())
     mis_gridded = root / "mis_gridded" / predictions[0].name
     mis_gridded.parent.mkdir()
     sitk.WriteImage(sitk.ReadImage(str(references[0][2]))[:, :, 1:], str(mis_gridded))

@@ -12,17 +12,30 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from CardiacUDALib import weights
+from CardiacUDALib.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from CardiacUDALib.io import LABEL_MAPS
 from CardiacUDALib.preprocess import PreprocessConfig
 from CardiacUDALib.weights import ModelEntry
 
-PAYLOAD = random.Random(0).randbytes(5 * weights.CHUNK_BYTES + 1234)  # several chunks, a ragged end
+
+def checkpoint_bytes(size: int, seed: int = 0) -> bytes:
+    """A real checkpoint file of about ``size`` bytes that :func:`model_entry` describes: no weights,
+    random text in its metadata for the size."""
+    padding = "".join(random.Random(seed).choices("abcdefghijklmnopqrstuvwxyz", k=size))
+    checkpoint = Checkpoint("source_only", {}, LABEL_MAPS["mscmrseg"].to_dict(), PreprocessConfig(size=64).to_dict(),
+                            {}, metadata={"padding": padding})  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        return save_checkpoint(checkpoint, Path(folder) / "model.pt").read_bytes()
+
+
+PAYLOAD = checkpoint_bytes(5 * weights.CHUNK_BYTES + 1234)  # several chunks, a ragged end
 FILE_PATH = "/files/model.pt"
 
 
@@ -120,6 +133,13 @@ def model_entry(url: str, payload: bytes = PAYLOAD, **changes: object) -> ModelE
         measured={"dataset": "phantom", "mean_dice": 0.5},
     )
     return dataclasses.replace(entry, **changes)
+
+
+def checkpoint_entry(url: str, checkpoint: Path, **changes: object) -> ModelEntry:
+    """The entry of a real checkpoint file: its bytes, method, label map and preprocessing."""
+    saved = load_checkpoint(checkpoint)
+    described = {"method": saved.method, "label_map": saved.label_map, "preprocessing": saved.preprocess}
+    return model_entry(url, checkpoint.read_bytes(), **{**described, **changes})
 
 
 def manifest_json(*entries: ModelEntry, version: int = weights.MANIFEST_VERSION) -> dict:

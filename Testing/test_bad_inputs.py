@@ -12,8 +12,11 @@ run the same library jobs, have their rows in ``test_slicer_batch.py`` and ``tes
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,7 +89,7 @@ class Segment:
 @dataclass
 class Evaluate:
     predictions: list[Path]
-    references: list[tuple[str, Path, Path]]  # (name, image, label)
+    references: list[tuple[str, Path, Path | None]]  # (name, image, label)
 
     def arguments(self, out: Path) -> list[str]:
         folder = self.references[0][1].parent
@@ -95,7 +98,10 @@ class Evaluate:
                 "mscmrseg", "--out", str(out)]  # fmt: skip
 
     def job(self, out: Path) -> dict[str, Any]:
-        references = [{"name": n, "image": str(i), "label": str(lbl)} for n, i, lbl in self.references]
+        references = [
+            {"name": n, "image": str(i), **({"label": str(lbl)} if lbl else {})}
+            for n, i, lbl in self.references
+        ]
         return {
             "task": "evaluate",
             "predictions": [str(path) for path in self.predictions],
@@ -119,6 +125,7 @@ class Mistake:
     request: Any  # (files) -> Train | Segment | Evaluate
     message: str  # must appear in the error (a regular expression)
     names: Any = None  # (files) -> the file or value the message must name
+    out: Any = None  # (files, tmp_path) -> the output folder, where it is part of the mistake
 
 
 def _train(**changes: Any):
@@ -152,7 +159,11 @@ MISTAKES = [
     Mistake("label value above uint16", _train(label_map="70000:MYO"), "at most 65535"),
     Mistake("missing source file", _train(source=lambda f: [(f.root / "absent.nii.gz", f.source[1])]),
             "does not exist", lambda f: "absent.nii.gz"),
-    Mistake("output is a file", _train(), "is a file: give a folder"),
+    Mistake("output is a file", _train(), "is a file: give a folder", out=lambda f, tmp: f.existing_file),
+    Mistake("output name over 255 bytes", _train(), "has a name of 300 bytes",
+            out=lambda f, tmp: tmp / ("a" * 300)),
+    Mistake("output path over PATH_MAX", _train(), "has a path of [0-9]+ bytes",
+            out=lambda f, tmp: tmp.joinpath(*["b" * 200] * 25)),
     Mistake("iterations not a number", _train(settings={"iterations": "abc"}), "'iterations' must be an integer"),
     Mistake("iterations a fraction", _train(settings={"iterations": 2.5}), "'iterations' must be an integer"),
     Mistake("iterations a boolean", _train(settings={"iterations": True}), "'iterations' must be an integer"),
@@ -201,17 +212,23 @@ MISTAKES = [
             "is not valid UTF-8"),
     Mistake("a bad volume after good ones", lambda f: Segment(f.checkpoint, [f.target, f.references[1][1],
             f.slice_2d]), "is a 2D image", lambda f: f.slice_2d.name),
+    Mistake("truncated MHA", lambda f: Segment(f.checkpoint, [f.truncated_mha]),
+            "is cut short: it holds [0-9]+ of the [0-9]+ bytes", lambda f: f.truncated_mha.name),
+    Mistake("references without labels", lambda f: Evaluate(f.predictions[:1], [(f.references[0][0],
+            f.root / "unlabelled_references" / f.references[0][1].name, None)]),
+            "have no label file to evaluate against", lambda f: f.references[0][0]),
     Mistake("prediction on another grid", lambda f: Evaluate([f.mis_gridded, *f.predictions[1:]], f.references),
             "does not lie on the image grid", lambda f: f.mis_gridded.name),
 ]  # fmt: skip
 
 
 def _files_written(out: Path) -> list[Path]:
-    return [path for path in out.rglob("*") if path.is_file()] if out.exists() else []
+    # os.path.exists, not Path.exists: a name too long for the file system is simply not there
+    return [path for path in out.rglob("*") if path.is_file()] if os.path.exists(out) else []
 
 
 def _output_folder(tmp_path: Path, mistake: Mistake, files: Files) -> Path:
-    return files.existing_file if mistake.name == "output is a file" else tmp_path / "out"
+    return tmp_path / "out" if mistake.out is None else mistake.out(files, tmp_path)
 
 
 @pytest.fixture
@@ -351,3 +368,46 @@ def test_no_command_writes_onto_a_volume_it_reads(files, tmp_path, capsys, resto
     code = cli.main(["compare", *checkpoints, "--target", str(folder), "--out", str(folder)])
     assert code == 1 and "would replace the input" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in folder.iterdir()} == before  # nothing touched, nothing added
+
+
+def _file_size_limited(limit: int) -> None:
+    """In the child: the kernel refuses every write past ``limit`` bytes of a file (RLIMIT_FSIZE, with
+    EFBIG rather than SIGXFSZ), as a full disk refuses it with ENOSPC; pipes are not files."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+SAVE_CHECKPOINT = """
+import sys
+from CardiacUDALib.checkpoint import load_checkpoint, save_checkpoint
+from CardiacUDALib.errors import CardiacUDAError
+try:
+    save_checkpoint(load_checkpoint(sys.argv[1]), sys.argv[2])
+except CardiacUDAError as error:
+    sys.exit(f"error: {error}")
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+@pytest.mark.parametrize("writer", ["segmentation", "checkpoint"])
+def test_a_write_the_disk_refuses_is_one_clear_error_and_the_previous_file_stays(writer, files, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    if writer == "segmentation":  # ITK's NIfTI writer does not report the failed write itself
+        previous = out / f"{files.references[0][0]}_seg.nii.gz"
+        command = ["-m", "CardiacUDALib.cli", "segment", "--checkpoint", str(files.checkpoint)]
+        command += ["--images", str(files.references[0][1]), "--out", str(out)]
+    else:  # torch.save's zip writer reports it as a RuntimeError of its own
+        previous = out / "last.pt"
+        command = ["-c", SAVE_CHECKPOINT, str(files.checkpoint), str(previous)]
+    previous.write_bytes(b"the result of an earlier run")
+    result = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, preexec_fn=lambda: _file_size_limited(64)
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: cannot write {previous}: ") and "nothing was replaced" in error, error
+    assert previous.read_bytes() == b"the result of an earlier run"
+    assert sorted(path.name for path in out.iterdir()) == [previous.name]  # no temporary left

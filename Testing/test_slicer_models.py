@@ -6,7 +6,6 @@ from __future__ import annotations
 from slicer_fixtures import mrml_fixture  # noqa: F401  (the mrml fixture)
 
 # isort: split
-import random
 import sys
 import time
 
@@ -28,6 +27,7 @@ from CardiacUDASlicerLib.volumes import add_volume_node, image_on_volume_grid
 from model_server import (
     PAYLOAD,
     ModelFileHandler,
+    checkpoint_bytes,
     manifest_json,
     model_entry,
     serving,
@@ -122,7 +122,7 @@ def test_a_download_runs_on_while_the_main_thread_holds_the_gil_between_timer_ti
     """As in Slicer: the panel polls every 200 ms and its thread keeps the GIL in between. A download in a
     thread got a few chunks per tick there (7.8 MB: 27 ticks against 5 in a process, benchmarks/
     panel_background.py); in a process of its own it takes the time the transfer takes."""
-    payload = random.Random(1).randbytes(512 * weights.CHUNK_BYTES)
+    payload = checkpoint_bytes(512 * weights.CHUNK_BYTES, seed=1)
     files = tmp_path / "files"
     files.mkdir()
     (files / "model.pt").write_bytes(payload)

@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from model_server import PAYLOAD, manifest_json, model_entry, serving, write_manifest
+from model_server import PAYLOAD, checkpoint_entry, manifest_json, model_entry, serving, write_manifest
 from test_slicer_packaging import cmake_list
 
 from CardiacUDALib import cli, weights
+from CardiacUDALib.checkpoint import check_manifest_entry
 from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.io import LABEL_MAPS
 from CardiacUDALib.weights import (
     CACHE_VARIABLE,
     PACKAGED_MODELS,
@@ -288,8 +290,12 @@ def test_duplicate_ids_are_refused(tmp_path):
 # ---- the command ---------------------------------------------------------------------------------
 
 
-def test_models_list_fetch_path_import_remove_through_the_command(server, cache, tmp_path, capsys):
-    manifest = str(write_manifest(tmp_path / "manifest.json", manifest_json(model_entry(server.url()))))
+def test_models_list_fetch_path_import_remove_through_the_command(
+    server, cache, tmp_path, tiny_model, capsys
+):
+    server.state.payload = tiny_model.read_bytes()
+    entry = checkpoint_entry(server.url(), tiny_model)
+    manifest = str(write_manifest(tmp_path / "manifest.json", manifest_json(entry)))
     assert cli.main(["models", "path", "test_model", "--manifest", manifest]) == 1
     assert "cardiac-uda models fetch test_model" in capsys.readouterr().err
     assert cli.main(["models", "list", "--manifest", manifest]) == 0
@@ -306,7 +312,7 @@ def test_models_list_fetch_path_import_remove_through_the_command(server, cache,
     assert capsys.readouterr().out.splitlines()[1].endswith("yes")
     assert cli.main(["models", "remove", "test_model", "--manifest", manifest]) == 0
     copy = tmp_path / "copy.pt"
-    copy.write_bytes(PAYLOAD)
+    copy.write_bytes(server.state.payload)
     assert cli.main(["models", "import", str(copy), "--manifest", manifest]) == 0  # found by its SHA-256
     assert capsys.readouterr().out.strip().endswith(str(cache / "test_model.pt"))
     copy.write_bytes(b"not a model")
@@ -318,7 +324,7 @@ def test_models_list_fetch_path_import_remove_through_the_command(server, cache,
 
 def test_segment_with_a_model_id_fetches_it(server, cache, tmp_path, tiny_model, tiny_phantom, capsys):
     server.state.payload = tiny_model.read_bytes()
-    entry = model_entry(server.url(), server.state.payload)
+    entry = checkpoint_entry(server.url(), tiny_model)
     manifest = str(write_manifest(tmp_path / "manifest.json", manifest_json(entry)))
     image = tiny_phantom.target[0].image
     out = tmp_path / "segmented"
@@ -329,6 +335,38 @@ def test_segment_with_a_model_id_fetches_it(server, cache, tmp_path, tiny_model,
     with pytest.raises(SystemExit):
         cli.main([*arguments, "--model", "test_model", "--checkpoint", str(tiny_model)])
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("change", "differs"),
+    [
+        ({"method": "varda"}, "method: the manifest says varda, the file source_only"),
+        ({"label_map": LABEL_MAPS["mmwhs"].to_dict()}, "label map: the manifest says"),
+    ],
+)
+def test_a_manifest_entry_that_misdescribes_its_file_is_refused(
+    server, cache, tmp_path, tiny_model, tiny_phantom, capsys, change, differs
+):
+    """The SHA-256 matches (it is the entry's file), but the entry says another method or label map."""
+    server.state.payload = tiny_model.read_bytes()
+    entry = checkpoint_entry(server.url(), tiny_model, **change)
+    manifest = str(write_manifest(tmp_path / "manifest.json", manifest_json(entry)))
+    out = tmp_path / "segmented"
+    arguments = ["segment", "--images", str(tiny_phantom.target[0].image), "--out", str(out)]
+    assert cli.main([*arguments, "--model", "test_model", "--manifest", manifest]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        error.startswith("error: model 'test_model' is not what its manifest entry says") and differs in error
+    )
+    assert not out.exists()
+    assert cli.main(["models", "import", str(tiny_model), "--manifest", manifest]) == 1
+    assert differs in capsys.readouterr().err
+
+
+def test_the_shipped_manifest_describes_its_files():
+    for entry in load_manifest().models:
+        if entry.bundled is not None:
+            check_manifest_entry(PACKAGED_MODELS / entry.bundled, entry)
 
 
 def test_a_cache_that_cannot_be_written_still_gives_the_bundled_model(tmp_path, monkeypatch):
