@@ -38,6 +38,7 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
     model = TrainedModel.load(outcome.best_checkpoint, job.device)
     if job.segment:
         emit({"event": "status", "message": f"segmenting {len(job.segment)} volume(s)"})
+        result["heart_regions"] = {}
         paths = segment_cases(
             model,
             job.segment,
@@ -47,6 +48,7 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
             should_stop,
             job.flip_averaging,
             job.empty_without_heart,
+            result["heart_regions"],
         )
         result["segmentations"] = [str(p) for p in paths]
         result["stopped"] = len(paths) < len(job.segment)
@@ -61,6 +63,7 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
 def _run_segment(job: SegmentJob, emit: EventSink, should_stop: StopCheck) -> dict[str, Any]:
     model = TrainedModel.load(job.checkpoint, job.device, amp=job.amp)
     emit({"event": "status", "message": model.precision})
+    regions: dict[str, Any] = {}
     paths = segment_cases(
         model,
         job.cases,
@@ -70,9 +73,11 @@ def _run_segment(job: SegmentJob, emit: EventSink, should_stop: StopCheck) -> di
         should_stop,
         job.flip_averaging,
         job.empty_without_heart,
+        regions,
     )
     return {
         "segmentations": [str(p) for p in paths],
+        "heart_regions": regions,
         "label_map": model.label_map.to_dict(),
         "stopped": len(paths) < len(job.cases),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,7 @@ class TrainedModel:
         batch_size: int = 16,
         flip_averaging: bool = False,
         on_missing_heart: Callable[[str], None] | None = None,
+        on_heart_region: Callable[[dict[str, list[float]]], None] | None = None,
     ) -> sitk.Image:
         """A whole volume -> a class label map (uint8, 0 = background) on the input's exact grid.
 
@@ -241,9 +243,12 @@ class TrainedModel:
         ``largest_component`` (the largest 3D connected component of each structure); with
         ``on_missing_heart``, labels that are not a heart (:func:`missing_heart`) are dropped and it is
         told why.
-        The window of the network is placed on the heart (:func:`find_heart`)."""
+        The window of the network is placed on the heart (:func:`find_heart`); ``on_heart_region`` is
+        given that window (``PreparedVolume.window_box``) where it does not hold whole slices."""
 
         prepared, predicted = find_heart(image, self.preprocess, self.method, batch_size, flip_averaging)
+        if on_heart_region is not None and not prepared.window_fits:
+            on_heart_region(prepared.window_box())
         classes = restore_labels(prepared, predicted)
         array = sitk.GetArrayFromImage(classes)
         if largest_component:
@@ -283,7 +288,7 @@ def _for_each_case(
     cases: Sequence[VolumeCase],
     out_dir: str | Path,
     tag: str,
-    produce: Callable[[sitk.Image, Callable[[str], None]], sitk.Image],
+    produce: Callable[[VolumeCase, sitk.Image, Callable[[str], None]], sitk.Image],
     model: TrainedModel,
     emit: EventSink,
     should_stop: StopCheck,
@@ -307,7 +312,7 @@ def _for_each_case(
         problem = spacing_warning(image, model.preprocess)
         if problem is not None:
             warn(problem)
-        written.append(write_image(produce(image, warn), output))
+        written.append(write_image(produce(case, image, warn), output))
         emit(
             {
                 "event": "progress",
@@ -330,17 +335,20 @@ def segment_cases(
     should_stop: StopCheck = never_stop,
     flip_averaging: bool = False,
     empty_without_heart: bool = True,
+    heart_regions: dict[str, dict[str, list[float]]] | None = None,
 ) -> list[Path]:
     """Segment every case; writes ``<case>_seg<ext>`` (the input's format) with the label map's file values.
     A volume where no heart is found is written empty, with a ``warning`` event (``empty_without_heart``).
-    Returns the paths (fewer than ``cases`` when stopped)."""
+    ``heart_regions`` receives, by case name, the window the heart was found in (where it is not the
+    whole slice). Returns the paths (fewer than ``cases`` when stopped)."""
 
-    def segment(image: sitk.Image, warn: Callable[[str], None]) -> sitk.Image:
+    def segment(case: VolumeCase, image: sitk.Image, warn: Callable[[str], None]) -> sitk.Image:
         classes = model.segment_image(
             image,
             largest_component,
             flip_averaging=flip_averaging,
             on_missing_heart=warn if empty_without_heart else None,
+            on_heart_region=None if heart_regions is None else partial(heart_regions.__setitem__, case.name),
         )
         return classes_to_values(classes, model.label_map)
 
@@ -360,7 +368,7 @@ def translate_cases(
         cases,
         out_dir,
         TRANSLATION_TAG,
-        lambda image, _: model.translate_image(image),
+        lambda _case, image, _warn: model.translate_image(image),
         model,
         emit,
         should_stop,

@@ -197,6 +197,19 @@ class PreparedVolume:
         )
         return row - network_rows.start + rows.start, column - network_columns.start + columns.start
 
+    def window_box(self) -> dict[str, list[float]]:
+        """The network's window over all slices in the input's physical space (LPS, mm): its ``centre``,
+        its ``size`` along the image axes and their ``direction`` (row-major 3 x 3, as SimpleITK's)."""
+        layout, grid = self._layout, self._layout.working_grid
+        low, high = [-0.5] * 3, [size - 0.5 for size in grid.size]  # voxel edges, in index units
+        in_plane = [axis for axis in (2, 1, 0) if axis != layout.slice_axis]  # of the rows, the columns
+        for axis, region in zip(in_plane, layout.working_region):
+            low[axis], high[axis] = region.start - 0.5, region.stop - 0.5
+        spacing, direction = np.asarray(grid.spacing), np.asarray(grid.direction).reshape(3, 3)
+        centre = np.asarray(grid.origin) + direction @ (np.add(low, high) / 2 * spacing)
+        size = np.subtract(high, low) * spacing
+        return {"centre": centre.tolist(), "size": size.tolist(), "direction": list(grid.direction)}
+
     def whole_slices(self) -> int:
         """The network size that takes whole working slices (the larger in-plane side)."""
         return max(self._layout.working_slices_shape[1:])

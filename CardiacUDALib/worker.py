@@ -2,7 +2,9 @@
 
 It runs one job and prints one JSON object per line on standard output (DESIGN.md §2.2):
 ``status``, ``warning`` (message: an input that is used but looks wrong), ``progress`` (step, total, losses, eta_s), ``validation``, ``checkpoint``, ``stopped``,
-``result`` (output paths), ``error`` (a message a user can act on), and ``done`` last.
+``result`` (output paths; for segmentations also ``heart_regions``: by case, the network's window
+around the heart found, ``PreparedVolume.window_box``, where it is not the whole slice), ``error`` (a
+message a user can act on), and ``done`` last.
 
 Cancel: a file named ``STOP`` in the job's ``out_dir`` (or SIGTERM) makes a training job save
 ``last.pt`` and exit with code 0 after ``stopped``; running the same job again resumes from it.

@@ -12,7 +12,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 from CardiacUDASlicerLib.adaptation import (
     WORK_DIR,
     AdaptationInputs,
@@ -25,9 +27,11 @@ from CardiacUDASlicerLib.execution import RunExecution
 from CardiacUDASlicerLib.jobrunner import STOP_FILE_NAME, WorkerJob, seconds_per_step
 from CardiacUDASlicerLib.segmentations import load_segmentation_file
 from CardiacUDASlicerLib.sources import SourcePair
-from CardiacUDASlicerLib.volumes import load_volume_file
+from CardiacUDASlicerLib.volumes import crop_image_to_roi, load_volume_file
+from test_whole_scans import placed_in_a_larger_field_of_view
 
 from CardiacUDALib.checkpoint import load_checkpoint
+from CardiacUDALib.io import read_image, write_image
 from CardiacUDALib.jobs import TrainJob, TranslateJob
 from CardiacUDALib.preprocess import PreprocessConfig
 
@@ -195,3 +199,39 @@ def test_events_come_whole_from_the_output_files_which_stay_as_the_jobs_log(tmp_
     again.start()
     assert len(poll_until(again, lambda events: again.outcome() is not None)) == 3  # its own events only
     assert err.read_text() == "a warning\n" * 2  # the first attempt's log stays
+
+
+def test_segmenting_a_wide_field_of_view_shows_the_region_the_heart_was_found_in(
+    mrml, tiny_model, tiny_phantom, tmp_path
+):
+    """The panel's segment run on a target three times as wide as the model's window: the window the heart
+    was found in comes back as an ROI node beside the segmentation, on the grid of its labels."""
+    image = read_image(tiny_phantom.target[0].image)
+    wide_file = write_image(placed_in_a_larger_field_of_view(image, 3, (100, 20)), tmp_path / "wide.nii.gz")
+    target = load_volume_file(mrml.scene, wide_file, "LGE")
+    job = TrainJob(  # the tiny model's labels are no heart by the ring rule: kept, they show where it looked
+        "source_only",
+        WORK_DIR,
+        initial_checkpoint=tiny_model,
+        preprocess=PreprocessConfig(size=64),
+        empty_without_heart=False,
+    )
+    run = prepare_run(
+        AdaptationInputs([], [target]), job, RunMode.SEGMENT, tmp_path / "run", mrml.segmentations_logic
+    )
+    execution = RunExecution(run)
+    execution.start()
+    outcome = execution.wait(lambda event: None)
+    assert outcome.error is None, outcome.error
+    run = AdaptationRun.load(run.root)
+    imported = import_results(run, mrml.scene, mrml.segmentations_logic, {"LGE": target})
+    region = imported.heart_regions["LGE"]
+    assert region.GetName() == "LGE heart region (source_only)"
+    segmented = sitk.ReadImage(run.results["segmentations"][0])
+    inside = crop_image_to_roi(segmented, region, "the segmentation")
+    assert inside.GetSize()[:2] == (64, 64)
+    assert (
+        0
+        < np.count_nonzero(sitk.GetArrayViewFromImage(inside))
+        == np.count_nonzero(sitk.GetArrayViewFromImage(segmented))
+    )

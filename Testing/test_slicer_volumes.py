@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 import slicer
 from CardiacUDASlicerLib.volumes import (
+    add_box_roi,
     add_volume_node,
     crop_image_to_roi,
     ijk_to_ras,
@@ -18,6 +19,7 @@ from CardiacUDASlicerLib.volumes import (
 
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import write_image
+from CardiacUDALib.preprocess import PreprocessConfig, prepare_volume
 
 SPACING = (0.7, 1.3, 8.0)  # anisotropic, like a short-axis MRI stack
 ORIGIN_LPS = (12.5, -40.25, 61.0)
@@ -103,3 +105,20 @@ def test_a_transformed_volume_is_refused_with_advice(mrml):
     node.SetAndObserveTransformNodeID(transform.GetID())
     with pytest.raises(InputDataError, match="Harden transform"):
         image_from_volume_node(node)
+
+
+@pytest.mark.parametrize("slice_axis", ["auto", 0])
+def test_a_heart_region_becomes_an_roi_that_holds_exactly_the_networks_window(mrml, slice_axis):
+    """The region the library reports (the window it found the heart in, off the middle of the slice) is
+    shown as an ROI; cropping the volume to that ROI gives the very slices the network saw."""
+    image = sitk.GetImageFromArray(np.random.default_rng(3).normal(size=(5, 30, 40)).astype(np.float32))
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN_LPS)
+    image.SetDirection(oblique_direction().ravel().tolist())
+    config = PreprocessConfig(size=16, slice_axis=slice_axis, intensity="minmax")
+    prepared = prepare_volume(image, config, centre=(21.0, 9.0))
+    assert not prepared.window_fits
+    roi = add_box_roi(mrml.scene, prepared.window_box(), "heart region")
+    cropped = crop_image_to_roi(image, roi, "the test volume")
+    assert cropped.GetSize() == {"auto": (16, 16, 5), 0: (40, 16, 5)}[slice_axis]  # (x, y, z), slices whole
+    np.testing.assert_array_equal(prepare_volume(cropped, config).slices, prepared.slices)

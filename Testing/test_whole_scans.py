@@ -94,9 +94,17 @@ def test_a_heart_in_a_corner_of_a_wide_field_of_view_gets_the_labels_it_gets_alo
     rows, columns = sitk.GetArrayViewFromImage(image).shape[1:]
     corner = (2 * rows - 4, 2 * columns - 10)  # the bottom right corner, off the middle by a window
     alone = sitk.GetArrayFromImage(model.segment_image(image))
-    wide = sitk.GetArrayFromImage(model.segment_image(placed_in_a_larger_field_of_view(image, 3, corner)))
+    regions = []
+    wide_image = placed_in_a_larger_field_of_view(image, 3, corner)
+    wide = sitk.GetArrayFromImage(model.segment_image(wide_image, on_heart_region=regions.append))
     inside = wide[:, corner[0] : corner[0] + rows, corner[1] : corner[1] + columns]
     assert np.count_nonzero(inside) >= 0.98 * np.count_nonzero(wide)  # next to nothing labelled elsewhere
+    (region,) = regions  # the window the heart was found in holds every labelled voxel
+    labelled = [
+        wide_image.TransformIndexToPhysicalPoint([int(i) for i in kji[::-1]]) for kji in np.argwhere(wide)
+    ]
+    along_axes = (np.asarray(labelled) - region["centre"]) @ np.reshape(region["direction"], (3, 3))
+    assert np.all(np.abs(along_axes) <= np.asarray(region["size"]) / 2)
     for label in range(1, label_map.num_classes):
         assert (alone == label).any()
         assert dice_coefficient(inside == label, alone == label) >= SAME_LABELS_DICE, label_map.class_names[

@@ -45,6 +45,7 @@ from CardiacUDASlicerLib.segmentations import (
 from CardiacUDASlicerLib.sources import SourcePair
 from CardiacUDASlicerLib.tables import metrics_table_node
 from CardiacUDASlicerLib.volumes import (
+    add_box_roi,
     add_volume_node,
     check_volume_values,
     crop_image_to_roi,
@@ -82,7 +83,16 @@ def job_for_mode(mode: RunMode, job: TrainJob) -> TrainJob | SegmentJob:
     chosen weights); outputs go to :data:`WORK_DIR` and the cases are the run's (see :func:`prepare_run`)."""
     if mode is RunMode.SEGMENT:
         amp = bool(job.overrides.get("amp", True))  # the user's --set amp=false holds for segmenting too
-        return SegmentJob(job.initial_checkpoint, [], WORK_DIR / "segmentations", job.device, amp)
+        return SegmentJob(
+            job.initial_checkpoint,
+            [],
+            WORK_DIR / "segmentations",
+            job.device,
+            amp,
+            largest_component=job.largest_component,
+            flip_averaging=job.flip_averaging,
+            empty_without_heart=job.empty_without_heart,
+        )
     if mode is RunMode.ADAPT:  # the method's stages (AdaBN) on the weights, no training step
         return dataclasses.replace(job, out_dir=WORK_DIR, overrides={**job.overrides, "iterations": 0})
     if mode is RunMode.REFINE:  # trains, starting from the weights
@@ -363,6 +373,8 @@ class ImportedResults:
     segmentations: dict[str, slicer.vtkMRMLSegmentationNode] = field(default_factory=dict)  # by case name
     translations: dict[str, slicer.vtkMRMLScalarVolumeNode] = field(default_factory=dict)  # by source case
     metrics_table: slicer.vtkMRMLTableNode | None = None
+    # by case name: the box the heart was found in (the network's window), where it is not the whole slice
+    heart_regions: dict[str, slicer.vtkMRMLMarkupsROINode] = field(default_factory=dict)
 
 
 def _target_node(
@@ -402,6 +414,10 @@ def import_results(
             reference,
             f"{case.node_name} segmentation ({run.method})",
             segmentations_logic,
+        )
+    for name, box in run.results.get("heart_regions", {}).items():
+        imported.heart_regions[name] = add_box_roi(
+            scene, box, f"{cases[name].node_name} heart region ({run.method})"
         )
     sources = {case.name: case for case in run.sources}
     for path in run.results.get("translations", []):

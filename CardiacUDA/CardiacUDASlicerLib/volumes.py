@@ -21,6 +21,7 @@ from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.io import check_image_values, read_image
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
+_EDGE_TOLERANCE = 1e-6  # in voxels
 SCALAR_VOLUME_CLASS = "vtkMRMLScalarVolumeNode"
 LABELMAP_VOLUME_CLASS = "vtkMRMLLabelMapVolumeNode"
 
@@ -126,8 +127,23 @@ def _roi_corners_ras(roi: slicer.vtkMRMLMarkupsROINode) -> np.ndarray:
     return (object_to_world @ corners.T).T[:, :3]
 
 
+def add_box_roi(
+    scene: slicer.vtkMRMLScene, box: dict[str, list[float]], name: str
+) -> slicer.vtkMRMLMarkupsROINode:
+    """A box ROI node of a region the library reports (``PreparedVolume.window_box``: the LPS centre,
+    the size along the image axes and their direction), in Slicer's RAS."""
+    object_to_node = np.eye(4)
+    object_to_node[:3, :3] = RAS_FROM_LPS @ np.reshape(box["direction"], (3, 3))
+    object_to_node[:3, 3] = RAS_FROM_LPS @ np.asarray(box["centre"], dtype=float)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", name)
+    roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(object_to_node))
+    roi.SetSize(*(float(value) for value in box["size"]))
+    return roi
+
+
 def crop_image_to_roi(image: sitk.Image, roi: slicer.vtkMRMLMarkupsROINode, what: str) -> sitk.Image:
-    """The voxels of ``image`` inside the ROI's bounding box, on the same grid (a sub-grid: no resampling).
+    """The voxels of ``image`` whose centres lie inside the ROI's bounding box in the image's index space,
+    on the same grid (a sub-grid: no resampling).
 
     Cropping on the voxel grid keeps every prediction on a sub-grid of the original volume, so putting it
     back into a segmentation of the whole volume is exact.
@@ -135,8 +151,9 @@ def crop_image_to_roi(image: sitk.Image, roi: slicer.vtkMRMLMarkupsROINode, what
     ras_to_ijk = np.linalg.inv(ijk_to_ras_of_image(image))
     corners_ijk = (ras_to_ijk @ np.c_[_roi_corners_ras(roi), np.ones(8)].T).T[:, :3]
     size = np.array(image.GetSize())
-    lower = np.clip(np.floor(corners_ijk.min(axis=0) + 0.5).astype(int), 0, size)
-    upper = np.clip(np.floor(corners_ijk.max(axis=0) + 0.5).astype(int) + 1, 0, size)
+    # Voxel centres sit at whole indices; a tolerance keeps a box edge on a voxel's edge (x.5) stable.
+    lower = np.clip(np.ceil(corners_ijk.min(axis=0) - _EDGE_TOLERANCE).astype(int), 0, size)
+    upper = np.clip(np.floor(corners_ijk.max(axis=0) + _EDGE_TOLERANCE).astype(int) + 1, 0, size)
     if np.any(upper - lower < 1):
         raise InputDataError(f"the ROI '{roi.GetName()}' does not overlap {what}: move it over the heart")
     return image[int(lower[0]) : int(upper[0]), int(lower[1]) : int(upper[1]), int(lower[2]) : int(upper[2])]
