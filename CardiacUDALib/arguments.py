@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,16 @@ from CardiacUDALib.cases import (
 from CardiacUDALib.errors import InputDataError
 
 PAIR_SEPARATOR = "="
+USAGE_ERROR_EXIT = 1  # as every other error the user can fix (argparse's own code is 2)
+
+
+class ExitOneParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors (a missing option, ``--seed -1``) exit with 1 and one
+    ``error:`` line after the usage, as every other error of the command; its subcommands' parsers too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR_EXIT, f"error: {message}\n")
 
 
 def existing_path(path_text: str, option: str) -> Path:
@@ -156,6 +167,14 @@ def in_plane_spacing(text: str) -> float | str | None:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of mm, got {text!r}")
     return value
+
+
+def output_folder(text: str) -> str:
+    """``--out``: a folder; an empty name is refused here, where it is still empty (``Path("")`` is the
+    current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a folder (write '.' for the current one)")
+    return text
 
 
 def seed(text: str) -> int:

@@ -108,7 +108,8 @@ def command_train(args: argparse.Namespace) -> int:
     if not _is_main_process():
         return 0
     print(f"best checkpoint: {result['best_checkpoint']} ({result['selection']})")
-    print(f"last checkpoint: {result['last_checkpoint']} (step {result['steps']})")
+    if result["last_checkpoint"] is not None:
+        print(f"last checkpoint: {result['last_checkpoint']} (step {result['steps']})")
     if result.get("segmentations"):
         print(f"target segmentations: {Path(result['segmentations'][0]).parent}")
     return 0

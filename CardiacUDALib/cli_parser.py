@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-from CardiacUDALib.arguments import PAIR_SEPARATOR, in_plane_spacing, phantom_size, positive_int, seed
+from CardiacUDALib.arguments import (
+    PAIR_SEPARATOR,
+    ExitOneParser,
+    in_plane_spacing,
+    output_folder,
+    phantom_size,
+    positive_int,
+    seed,
+)
 from CardiacUDALib.cases import SEGMENTATION_TAG
 from CardiacUDALib.preprocess import INTENSITY_PRESETS, MEDIAN_SOURCE_SPACING
 
@@ -139,7 +147,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="label values in the files: mscmrseg (200/500/600), mmwhs, or value:name pairs such as "
         '"200:MYO,500:LV,600:RV"',
     )
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (checkpoints, history)")
+    parser.add_argument(
+        "--out",
+        type=output_folder,
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder (checkpoints, history)",
+    )
     _add_training_options(parser, "paper")
     _add_start_options(parser)
     _add_postprocessing_options(parser)
@@ -246,7 +260,7 @@ def _add_inference(subparsers: argparse._SubParsersAction, task: str) -> None:
         metavar="INPUT",
         help="image files or folders of cases (labels ignored)",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="output folder")
     _add_device(parser)
     _add_amp(parser)
     if task == "segment":
@@ -286,6 +300,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--out",
+        type=output_folder,
         required=True,
         metavar="DIR",
         help="output folder: one segmentation folder per model, <case>_reliability.nii.gz, agreement.csv/.json/.md",
@@ -296,7 +311,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ExitOneParser(
         prog=PROGRAM,
         description="Unsupervised cross-modality domain adaptation of cardiac segmentation.",
         epilog="start with:\n  cardiac-uda demo            (a complete run on a synthetic phantom)\n"
@@ -313,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Write a synthetic two-modality cardiac phantom (labelled bSSFP-like source, LGE-like target).",
         "cardiac-uda phantom --out phantom --subjects 10",
     )
-    phantom.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    phantom.add_argument("--out", type=output_folder, required=True, metavar="DIR", help="output folder")
     phantom.add_argument("--subjects", type=positive_int, required=True, help="subjects per domain")
     phantom.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     phantom.add_argument(
@@ -342,7 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--references", required=True, metavar="DIR", help="folder of labelled cases")
     evaluate.add_argument("--label-map", required=True, help="mscmrseg, mmwhs or value:name pairs")
-    evaluate.add_argument("--out", required=True, metavar="DIR", help="where metrics.csv and metrics.json go")
+    evaluate.add_argument(
+        "--out",
+        type=output_folder,
+        required=True,
+        metavar="DIR",
+        help="where metrics.csv and metrics.json go",
+    )
     evaluate.add_argument(
         "--allow-missing",
         action="store_true",
@@ -361,7 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"adaptation method to compare with source_only (default: {DEMO_DEFAULT_METHOD} when available; "
         "source_only runs the baseline alone)",
     )
-    demo.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default: demo_out)")
+    demo.add_argument(
+        "--out",
+        type=output_folder,
+        default="demo_out",
+        metavar="DIR",
+        help="output folder (default: demo_out)",
+    )
     demo.add_argument(
         "--subjects", type=positive_int, default=10, help="phantom subjects per domain (default: 10)"
     )
@@ -385,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["cross-domain", "in-domain"],
         help="cross-domain: C0 -> LGE protocol; in-domain: C0 train/test plus LGE test, source-only methods",
     )
-    benchmark.add_argument("--out", required=True, metavar="DIR", help="output and run folder")
+    benchmark.add_argument(
+        "--out", type=output_folder, required=True, metavar="DIR", help="output and run folder"
+    )
     _add_training_options(benchmark, "paper")
     _add_start_options(benchmark)
     _add_postprocessing_options(benchmark)

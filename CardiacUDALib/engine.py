@@ -26,9 +26,9 @@ def _run_train(job: TrainJob, emit: EventSink, should_stop: StopCheck) -> dict[s
         check_readable([VolumeCase(case.name, case.image) for case in job.segment], job.label_map)
     outcome = train(job, emit, should_stop)
     result: dict[str, Any] = {
-        # a run stopped before its first checkpoint has none
+        # a run stopped before its first checkpoint has none; one without training steps has no last
         "best_checkpoint": str(outcome.best_checkpoint) if outcome.best_checkpoint.exists() else None,
-        "last_checkpoint": str(outcome.last_checkpoint),
+        "last_checkpoint": str(outcome.last_checkpoint) if outcome.last_checkpoint.exists() else None,
         "steps": outcome.steps_done,
         "stopped": outcome.stopped,
         "selection": outcome.selection,

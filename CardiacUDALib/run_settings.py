@@ -43,6 +43,7 @@ def run_settings(
         inherited = {name: value for name, value in initial.method_config.items() if name not in schedule}
         config = build_config(method_class, job.preset, **{**inherited, **job.overrides})
         preprocess = PreprocessConfig.from_dict(initial.preprocess)
+        _refuse_other_preprocessing(job, preprocess)
     else:
         config = build_config(method_class, job.preset, **job.overrides)
         preprocess = preprocess_for(config, job.preprocess)
@@ -67,6 +68,26 @@ def run_settings(
     if "iterations" in job.overrides:  # a user may extend a finished run
         saved.iterations = config.iterations
     return method_class, saved, saved_preprocess
+
+
+def _refuse_other_preprocessing(job: TrainJob, weights: PreprocessConfig) -> None:
+    """A run from a checkpoint keeps the checkpoint's preprocessing (the weights were trained at it);
+    preprocessing the job chose and the weights do not share is refused. A value is chosen when it is
+    neither the preprocessing's default nor a new train job's (no resampling, the median source spacing)."""
+    defaults = (PreprocessConfig(), TrainJob(job.method, job.out_dir).preprocess)
+    differences = [
+        f"{name} {getattr(weights, name)!r} (asked: {asked!r})"
+        for name in (item.name for item in dataclasses.fields(PreprocessConfig))
+        if name != "context_slices"  # the method's, not the job's
+        and (asked := getattr(job.preprocess, name)) not in {getattr(default, name) for default in defaults}
+        and asked != getattr(weights, name)
+    ]
+    if differences:
+        raise InputDataError(
+            f"the starting weights {job.initial_checkpoint} were trained with other preprocessing: "
+            f"{'; '.join(differences)}. A run from them keeps theirs: leave these settings out, or train "
+            "afresh without --init"
+        )
 
 
 def preprocess_for(config: MethodConfig, preprocess: PreprocessConfig) -> PreprocessConfig:

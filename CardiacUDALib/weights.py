@@ -315,6 +315,11 @@ def clear(cache: Path | None = None) -> int:
     pointing at a folder of other files (a run's ``checkpoints/`` with its ``best.pt``) leaves them alone.
     """
     folder = cache or cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise InputDataError(
+            f"the model cache {folder} is a file, not a folder: it holds nothing to clear; point "
+            f"{CACHE_VARIABLE} at a folder"
+        )
     return _delete_written(folder, _written_here(folder))
 
 

@@ -30,7 +30,7 @@ from CardiacUDALib import cli, worker
 from CardiacUDALib.checkpoint import load_checkpoint
 from CardiacUDALib.errors import CheckpointError
 
-TRAINING = ["--preset", "fast", "--size", str(TINY_SIZE), "--device", "cpu", "--set", "iterations=2"]
+TRAINING = ["--preset", "fast", "--device", "cpu", "--set", "iterations=2"]
 
 
 # ---- the requests ------------------------------------------------------------------------------
@@ -45,9 +45,10 @@ class Train:
     device: str = "cpu"
     method: str = "varda"  # a method that reads the target images
     init: Path | None = None
+    size: int = TINY_SIZE
 
     def arguments(self, out: Path) -> list[str]:
-        arguments = ["train", "--method", self.method, "--out", str(out), *TRAINING]
+        arguments = ["train", "--method", self.method, "--out", str(out), *TRAINING, "--size", str(self.size)]
         arguments += ["--source", *(f"{image}={label}" for image, label in self.source)]
         arguments += ["--target", *map(str, self.target)] if self.target else []
         arguments += ["--label-map", self.label_map, "--device", self.device]
@@ -62,7 +63,7 @@ class Train:
             "source": [{"image": str(image), "label": str(label)} for image, label in self.source],
             "target": [{"image": str(image)} for image in self.target],
             "label_map": self.label_map,
-            "preprocess": {"size": TINY_SIZE},
+            "preprocess": {"size": self.size},
             "preset": "fast",
             "overrides": {"iterations": 2, **self.settings},
             "device": self.device,
@@ -177,6 +178,8 @@ MISTAKES = [
             "setting 'norm' must be one of batch, instance, none, not 'bogus'"),
     Mistake("learning rate NaN", _train(settings={"learning_rate": "nan"}), "'learning_rate' must be a number"),
     Mistake("unknown device", _train(device="tpu"), "unknown device 'tpu'"),
+    Mistake("init with another size than the weights'", _train(method="adabn", init=lambda f: f.checkpoint, size=96),
+            f"were trained with other preprocessing: size {TINY_SIZE} \\(asked: 96\\)", lambda f: f.checkpoint.name),
     Mistake("init from another method family", _train(method="varda", init=lambda f: f.checkpoint),
             "source_only checkpoint whose weights do not fit method 'varda'", lambda f: f.checkpoint.name),
     Mistake("truncated checkpoint", lambda f: Segment(f.truncated, [f.target]), "is corrupt",

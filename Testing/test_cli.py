@@ -161,6 +161,29 @@ def test_bad_train_input_is_one_readable_line(arguments, message, cli_phantom, c
 
 
 @pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["phantom", "--out", "p", "--subjects", "1", "--seed", "-1"], "--seed: must be from 0 to 4294967295, got -1"),
+        (["train", "--method", "source_only", "--source", "s", "--label-map", "mscmrseg", "--out", "r", "--seed",
+          "12345678901234567890"], "--seed: must be from 0 to 4294967295, got 12345678901234567890"),
+        (["segment", "--checkpoint", "c.pt", "--images", "i", "--out", ""], "--out: is empty: give a folder"),
+        (["segment", "--images", "i", "--out", "o"], "one of the arguments --checkpoint --model is required"),
+    ],
+)  # fmt: skip
+def test_a_usage_error_exits_1_with_one_error_line_as_every_other_error(
+    arguments, message, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(arguments)
+    err = capsys.readouterr().err
+    assert exited.value.code == 1 and err.startswith("usage: ") and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("label_map", "message"),
     [
         ("200:MYO,500:LV", "label value(s) [600] that are not in label map"),

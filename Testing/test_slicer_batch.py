@@ -145,3 +145,18 @@ def test_missing_targets_fail_with_exit_code_1_and_the_usage(tiny_phantom, tmp_p
         "--source", source.image, "--source-seg", source.label, "--method", "source_only", "--out", tmp_path
     )
     assert completed.returncode == 1 and "--target" in completed.stderr and "usage:" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    "setting", [("--set", "width=0"), ("--preset", "turbo")], ids=["width 0", "preset turbo"]
+)
+def test_a_refused_setting_leaves_no_run_folder(setting, tiny_phantom, tmp_path):
+    """The worker refuses the settings of a new run before any step: the batch script removes the run
+    folder it wrote for it (inputs, job, logs), and the output folder it created."""
+    case, target = tiny_phantom.source[0], tiny_phantom.target[0]
+    out = tmp_path / "out"
+    arguments = ["--source", case.image, "--source-seg", case.label, "--target", target.image, "--method"]
+    completed = run_batch(*arguments, "source_only", *TINY_TRAINING, *setting, "--out", out)
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not out.exists()

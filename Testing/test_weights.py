@@ -376,6 +376,8 @@ def test_a_cache_that_cannot_be_written_still_gives_the_bundled_model(tmp_path, 
     monkeypatch.setenv(CACHE_VARIABLE, str(blocker))
     entry = load_manifest().entry("mscmrseg-c0-lge-gin-st")
     assert model_path(entry) == PACKAGED_MODELS / entry.bundled
-    assert clear() == 0 and blocker.read_text() == "not a folder\n"
+    with pytest.raises(InputDataError, match=f"the model cache {blocker} is a file, not a folder"):
+        clear()
+    assert blocker.read_text() == "not a folder\n"
     with pytest.raises(InputDataError, match=f"the model cache {blocker} cannot be written"):
         import_file(PACKAGED_MODELS / entry.bundled)

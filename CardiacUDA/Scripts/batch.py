@@ -22,6 +22,7 @@ adapts them instantly (neither reads a source). Every target's segmentation is w
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from CardiacUDASlicerLib.segmentations import save_segmentation  # noqa: E402
 from CardiacUDASlicerLib.sources import SourcePair, load_source_folder, load_source_pair  # noqa: E402
 from CardiacUDASlicerLib.volumes import image_from_volume_node, load_volume_file  # noqa: E402
 
+from CardiacUDALib.arguments import ExitOneParser, output_folder  # noqa: E402
 from CardiacUDALib.atomic import check_writable_folder  # noqa: E402
 from CardiacUDALib.errors import CardiacUDAError, InputDataError  # noqa: E402
 from CardiacUDALib.io import write_image  # noqa: E402
@@ -50,16 +52,8 @@ EXIT_SUCCESS = 0
 EXIT_FAILURE = 1
 
 
-class BatchArgumentParser(argparse.ArgumentParser):
-    """Usage errors exit with 1 like every other failure (argparse's own code is 2)."""
-
-    def error(self, message: str) -> None:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_FAILURE, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = BatchArgumentParser(prog="batch.py", description=__doc__.split("\n\n")[0])
+    parser = ExitOneParser(prog="batch.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--source",
         type=Path,
@@ -92,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--out", type=lambda text: Path(output_folder(text)), required=True, help="output folder"
+    )
     return parser
 
 
@@ -162,12 +158,23 @@ def run(args: argparse.Namespace) -> list[Path]:
         ),
     )
     mode = choose_mode(args.method, None if args.weights is None else describe_checkpoint(args.weights))
-    adaptation = prepare_run(inputs, job, mode, args.out / "run", context.segmentations_logic)
-    execution = RunExecution(adaptation)
-    execution.start()
-    outcome = execution.wait(print_event)
-    if outcome.error is not None:
-        raise CardiacUDAError(outcome.error)
+    run_folder, out_existed = args.out / "run", args.out.exists()
+    fresh = not run_folder.exists()
+    try:
+        adaptation = prepare_run(inputs, job, mode, run_folder, context.segmentations_logic)
+        execution = RunExecution(adaptation)
+        execution.start()
+        outcome = execution.wait(print_event)
+        if outcome.error is not None and outcome.exit_code in (None, EXIT_FAILURE):
+            raise InputDataError(outcome.error)  # refused: an input or setting the user can fix
+        if outcome.error is not None:
+            raise CardiacUDAError(f"{outcome.error} (the run's log: {run_folder / 'jobs'})")
+    except InputDataError:
+        if fresh and not any(run_folder.rglob("*.pt")):  # a new run refused before any checkpoint
+            shutil.rmtree(run_folder, ignore_errors=True)
+            if not out_existed and args.out.is_dir() and not any(args.out.iterdir()):
+                args.out.rmdir()
+        raise
     if outcome.stopped:
         raise CardiacUDAError("stopped before the end; run the same command again to resume")
     imported = import_results(
