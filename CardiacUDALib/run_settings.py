@@ -53,12 +53,13 @@ def run_settings(
         return method_class, config, preprocess
     saved = config_from_dict(method_class, resumed.method_config)
     saved_preprocess = PreprocessConfig.from_dict(resumed.preprocess)
-    differences = [
-        f"{name} {getattr(old, name)!r} (asked: {getattr(new, name)!r})"
+    differing = {  # a method setting that sets the preprocessing's (intensity) is named once
+        name: f"{name} {getattr(old, name)!r} (asked: {getattr(new, name)!r})"
         for old, new in ((saved, config), (saved_preprocess, preprocess))
         for name in (item.name for item in dataclasses.fields(old))
         if name not in MAY_CHANGE_ON_RESUME and getattr(old, name) != getattr(new, name)
-    ]
+    }
+    differences = list(differing.values())
     if differences:
         raise InputDataError(
             f"{run.root} holds a run trained with other settings: {'; '.join(differences)}. Resume it with "
