@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from CardiacUDALib.checkpoint import Checkpoint
 from CardiacUDALib.errors import InputDataError
+from CardiacUDALib.events import EventSink, ignore_event
 from CardiacUDALib.io import read_spacing
 from CardiacUDALib.jobs import TrainJob
 from CardiacUDALib.methods import AdaptationMethod, build_config, get_method
 from CardiacUDALib.methods.base import MethodConfig, config_from_dict
-from CardiacUDALib.preprocess import MEDIAN_SOURCE_SPACING, PreprocessConfig, resolve_spacing
+from CardiacUDALib.preprocess import (
+    MEDIAN_SOURCE_SPACING,
+    PreprocessConfig,
+    in_plane_spacing_of,
+    resolve_spacing,
+)
 from CardiacUDALib.runfolder import RunFolder
 
+SCALE_GAP = 1.4  # targets this many times finer or coarser than the sources get a warning
 INHERITED_SETTINGS = {"context_slices", "intensity"}  # MethodConfig settings the weights depend on
 
 
@@ -24,7 +33,11 @@ MAY_CHANGE_ON_RESUME = {"iterations", "amp", "channels_last", "compile", "prefet
 
 
 def run_settings(
-    job: TrainJob, resumed: Checkpoint | None, initial: Checkpoint | None, run: RunFolder
+    job: TrainJob,
+    resumed: Checkpoint | None,
+    initial: Checkpoint | None,
+    run: RunFolder,
+    emit: EventSink = ignore_event,
 ) -> tuple[type[AdaptationMethod], MethodConfig, PreprocessConfig]:
     """The run's method config and preprocessing.
 
@@ -49,6 +62,8 @@ def run_settings(
         preprocess = preprocess_for(config, job.preprocess)
         if preprocess.in_plane_spacing == MEDIAN_SOURCE_SPACING:
             preprocess = resolve_spacing(preprocess, [read_spacing(case.image) for case in job.source])
+            if resumed is None:
+                _warn_of_a_scale_gap(job, preprocess, emit)
     if resumed is None:
         return method_class, config, preprocess
     saved = config_from_dict(method_class, resumed.method_config)
@@ -69,6 +84,24 @@ def run_settings(
     if "iterations" in job.overrides:  # a user may extend a finished run
         saved.iterations = config.iterations
     return method_class, saved, saved_preprocess
+
+
+def _warn_of_a_scale_gap(job: TrainJob, preprocess: PreprocessConfig, emit: EventSink) -> None:
+    """A ``warning`` event when the target volumes' median in-plane spacing is more than
+    :data:`SCALE_GAP` times from the sources' median, which the model is trained at: a header that
+    lies (the MS-CMRSeg C0 crops record 1.22 mm for pixels of about 0.75 mm) shows so."""
+    if not job.target:
+        return
+    spacings = [in_plane_spacing_of(read_spacing(case.image), preprocess.slice_axis) for case in job.target]
+    target, model = float(np.median(spacings)), float(preprocess.in_plane_spacing)
+    if max(target / model, model / target) > SCALE_GAP:
+        ratio, finer = max(target / model, model / target), "finer" if target < model else "coarser"
+        message = (
+            f"the model is trained at the sources' median in-plane spacing, {model:g} mm, and the targets' "
+            f"is {target:.2f} mm, {ratio:.1f} times {finer}: every target is resampled to {model:g} mm. If the "
+            "hearts span as many pixels in both, a header's spacing is wrong: give --spacing native"
+        )
+        emit({"event": "warning", "message": message})
 
 
 def _refuse_other_preprocessing(job: TrainJob, weights: PreprocessConfig) -> None:

@@ -200,7 +200,7 @@ def _train(
         load_checkpoint(run.last, expected_method=job.method) if job.resume and run.last.exists() else None
     )
     initial = None if job.initial_checkpoint is None else load_checkpoint(job.initial_checkpoint)
-    method_class, config, preprocess = run_settings(job, resumed, initial, run)
+    method_class, config, preprocess = run_settings(job, resumed, initial, run, emit)
     needs_source = config.iterations > (resumed.step if resumed is not None else 0)
     label_map = _check_inputs(
         job, method_class, ((job.initial_checkpoint, initial), (run.last, resumed)), needs_source

@@ -27,6 +27,8 @@ from CardiacUDALib.preprocess import (
     resolve_spacing,
     spacing_problem,
 )
+from CardiacUDALib.run_settings import run_settings
+from CardiacUDALib.runfolder import RunFolder
 from CardiacUDALib.training import train
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -151,6 +153,26 @@ def test_training_records_the_median_source_spacing_and_inference_resamples_to_i
     prepared = prepare_volume(coarse, model.preprocess)
     assert prepared.whole_slices() == pytest.approx(coarse.GetSize()[0] * 2, abs=1)  # at the model's scale
     assert model.segment_image(coarse).GetSize() == coarse.GetSize()  # and back on the input's grid
+
+
+def test_targets_at_another_scale_than_the_median_source_spacing_get_a_warning(
+    tiny_phantom, label_map, tmp_path
+):
+    """The model is trained at the sources' spacing; targets 2 times coarser (or a source header that lies
+    about its pixels) are named in a warning when the run's settings are decided."""
+    target = read_image(tiny_phantom.target[0].image)
+    coarse = write_image(resampled_in_plane(target, 2 * target.GetSpacing()[0]), tmp_path / "coarse.nii.gz")
+    warnings = []
+    for targets in ([tiny_phantom.target[0]], [VolumeCase("coarse", coarse)]):
+        request = tiny_request(tiny_phantom, label_map, tmp_path / "run")
+        request.preprocess = dataclasses.replace(request.preprocess, in_plane_spacing=MEDIAN_SOURCE_SPACING)
+        request.target = targets
+        events = []
+        run_settings(request, None, None, RunFolder(tmp_path / "run"), events.append)
+        warnings.append([event["message"] for event in events if event["event"] == "warning"])
+    assert warnings[0] == []
+    (warning,) = warnings[1]
+    assert "times coarser: every target is resampled to" in warning and "--spacing native" in warning
 
 
 def test_spacing_is_the_median_source_one_unless_given():
