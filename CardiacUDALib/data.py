@@ -73,12 +73,14 @@ def load_volumes(
     with_labels: bool,
     on_loaded: Callable[[int, int, str, str | None], None] | None = None,
     centre_of: Callable[[sitk.Image, sitk.Image | None], tuple[float, float] | None] | None = None,
+    statistics_size: int | None = None,
 ) -> list[LoadedVolume]:
     """Read and prepare each case; labels only when ``with_labels`` (target training images never use theirs).
 
     ``on_loaded(done, total, name, warning)`` follows each case; ``warning`` says when its spacing looks
     lost or wrong (``preprocess.spacing_warning``). ``centre_of(image, label)`` places the window
-    (``prepare_volume``'s ``centre``; None: the middle)."""
+    (``prepare_volume``'s ``centre``; None: the middle), ``statistics_size`` the window its intensity
+    statistics come from."""
     volumes = []
     for index, case in enumerate(cases):
         if with_labels and case.label is None:
@@ -87,7 +89,7 @@ def load_volumes(
         if with_labels:
             check_label_not_empty(label, f"label map {case.label}")
         centre = None if centre_of is None else centre_of(image, label)
-        volumes.append(LoadedVolume(case, prepare_volume(image, preprocess, label, centre)))
+        volumes.append(LoadedVolume(case, prepare_volume(image, preprocess, label, centre, statistics_size)))
         if on_loaded is not None:
             warning = spacing_warning(image, preprocess)
             on_loaded(

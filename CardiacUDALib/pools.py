@@ -52,7 +52,8 @@ def load_training_volumes(
     pooled = dataclasses.replace(preprocess, size=preprocess.size + 2 * config.shift)
 
     def pool(cases: list[VolumeCase], labelled: bool, centre_of: CentreOf, stream: int) -> SlicePool:
-        volumes = load_volumes(cases, label_map, pooled, labelled, loaded, centre_of)
+        # normalised with what the network's window sees, as at inference, not the wider pooled window
+        volumes = load_volumes(cases, label_map, pooled, labelled, loaded, centre_of, preprocess.size)
         return SlicePool(volumes, config.context_slices, stream, config.shift)
 
     needs_source, needs_target, validates = needs

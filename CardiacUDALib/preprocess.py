@@ -6,10 +6,9 @@ without one keeps each volume's own), move the slice axis first, crop every slic
 image, or on a given point: where the heart was found) or pad it to that size, and normalise
 intensities with the statistics of the voxels inside that window (the same for every slice), so that
 what lies outside it (chest wall, arms, another field of view) does not change them.
-:class:`PreparedVolume` remembers each step so that
-:func:`restore_labels` and :func:`restore_intensity` can undo them and hand back an image with
-exactly the input's size, spacing, origin and direction, whatever its orientation: outputs are
-compared voxel by voxel with the input in Slicer and in the metrics.
+:class:`PreparedVolume` remembers each step so that :func:`restore_labels` and :func:`restore_intensity`
+can undo them and hand back an image with exactly the input's size, spacing, origin and direction,
+whatever its orientation: outputs are compared voxel by voxel with the input in Slicer and the metrics.
 """
 
 from __future__ import annotations
@@ -339,8 +338,8 @@ def _crop_or_pad_regions(
 
 
 def _normalise(volume: np.ndarray, window: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """Intensities of ``volume`` to the preset's range (float32), with the statistics of the voxels in
-    ``window`` (the network's view of it); a constant window gives zeros."""
+    """``volume`` to the preset's range (float32), with the statistics of ``window``'s voxels (the network's
+    view of it); a constant window gives zeros."""
     values = volume.astype(np.float64)
     seen = window.astype(np.float64)
     if config.intensity == "ct_window":
@@ -381,9 +380,11 @@ def prepare_volume(
     config: PreprocessConfig,
     label: sitk.Image | None = None,
     centre: tuple[float, float] | None = None,
+    statistics_size: int | None = None,
 ) -> PreparedVolume:
     """Slices (and label slices) of ``image`` for the network, as ``config`` describes; the window is
-    centred on ``centre`` (row, column of the working slices, see ``inference.heart_centre``) when given."""
+    centred on ``centre`` (row, column of the working slices, see ``inference.heart_centre``) when given,
+    normalised with the statistics of a ``statistics_size`` window about it (default: the window's own)."""
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputDataError(
             f"a scalar 3D image is needed, got a {image.GetDimension()}D image with "
@@ -411,7 +412,8 @@ def prepare_volume(
     working_region, network_region = _crop_or_pad_regions(in_plane_shape, config.size, centre)
     layout = _SliceLayout(input_grid, working_grid, slice_axis, working_region, network_region)
     array = sitk.GetArrayViewFromImage(image)
-    window = _to_slices_first(array, slice_axis)[(slice(None), *working_region)]
+    seen, _ = _crop_or_pad_regions(in_plane_shape, statistics_size or config.size, centre)
+    window = _to_slices_first(array, slice_axis)[(slice(None), *seen)]
     volume = _normalise(array, window, config)
     slices = _to_network_slices(volume, layout, config.size, float(volume.min()))
     labels = None if label is None else _to_network_slices(_label_classes(label), layout, config.size, 0)

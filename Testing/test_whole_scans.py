@@ -12,10 +12,10 @@ from conftest import tiny_request
 
 from CardiacUDALib.cases import VolumeCase
 from CardiacUDALib.checkpoint import load_checkpoint
-from CardiacUDALib.data import LoadedVolume, SlicePool
+from CardiacUDALib.data import LoadedVolume, SlicePool, load_volumes
 from CardiacUDALib.errors import InputDataError
 from CardiacUDALib.inference import TrainedModel, missing_heart, segment_cases
-from CardiacUDALib.io import read_image, write_image
+from CardiacUDALib.io import load_case, read_image, write_image
 from CardiacUDALib.metrics import dice_coefficient
 from CardiacUDALib.preprocess import (
     MEDIAN_SOURCE_SPACING,
@@ -255,3 +255,14 @@ def test_a_shifted_pool_moves_each_window_and_its_labels_together():
     np.testing.assert_array_equal(images > images.min(axis=(1, 2), keepdims=True) + 0.5, moved_labels == 1)
     centres = {tuple(np.argwhere(slice_).mean(axis=0).round(1)) for slice_ in moved_labels if slice_.any()}
     assert len(centres) > 2  # the square sits elsewhere in different slices' windows
+
+
+def test_a_shifted_pools_middle_windows_are_the_slices_the_network_sees_at_inference(tiny_phantom, label_map):
+    """Pools store windows 2 x shift wider; their intensities are normalised with the statistics of the
+    network's window, so the middle of a stored window is exactly what inference prepares there."""
+    cases = tiny_phantom.source[:2]
+    config = PreprocessConfig(size=32, intensity="percentile_zscore")
+    wide = dataclasses.replace(config, size=config.size + 2 * 8)
+    pool = SlicePool(load_volumes(cases, label_map, wide, True, statistics_size=config.size), 1, shift=8)
+    network = [prepare_volume(load_case(case, label_map)[0], config).slices for case in cases]
+    np.testing.assert_allclose(pool.images[:, 0], np.concatenate(network), atol=1e-5)
