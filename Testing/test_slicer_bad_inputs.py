@@ -56,6 +56,8 @@ BATCH_MISTAKES = [
     ("output is a file", lambda f: [*_source(f), "--target", f.target], "is a file", "existing_file"),
     ("batch size a fraction", lambda f: [*_source(f), "--target", f.target, "--set", "batch_size=2.5"],
      "'batch_size' must be an integer", None),
+    ("iterations given twice", lambda f: [*_source(f), "--target", f.target, "--iterations", "3", "--set",
+     "iterations=5"], "iterations is given twice", None),
 ]  # fmt: skip
 
 

@@ -142,14 +142,16 @@ def run(args: argparse.Namespace) -> list[Path]:
         sources=load_sources(args, context),
         target_volumes=[load_volume_file(context.scene, path) for path in args.target],
     )
+    settings = parse_settings(args.set)
+    if args.iterations and "iterations" in settings:
+        raise InputDataError(
+            "iterations is given twice (--iterations and --set iterations=...): give it once"
+        )
     job = TrainJob(
         method=args.method,
         out_dir=WORK_DIR,
         preset=args.preset,
-        overrides={
-            **parse_settings(args.set),
-            **({"iterations": args.iterations} if args.iterations else {}),
-        },
+        overrides={**settings, **({"iterations": args.iterations} if args.iterations else {})},
         device=args.device,
         seed=args.seed,
         initial_checkpoint=args.weights,
