@@ -110,11 +110,10 @@ def _write_refused(destination: Path, error: Exception) -> OutputError:
     """The message for a write of ``destination`` that failed: the system's reason and the free space."""
     # A C++ writer's own text (torch: "unexpected pos ...") says nothing to a user; the free space does.
     reason = error.strerror if isinstance(error, OSError) and error.strerror else "the write did not complete"
-    existing = destination.parent
-    while not existing.is_dir() and existing != existing.parent:
-        existing = existing.parent
     try:
-        free = f"; {shutil.disk_usage(existing).free / 1e6:.1f} MB free on its disk"
+        free = (
+            f"; {shutil.disk_usage(_nearest_existing(destination.parent)).free / 1e6:.1f} MB free on its disk"
+        )
     except OSError:
         free = ""
     return OutputError(f"cannot write {destination}: {reason}{free}; nothing was replaced")
@@ -140,9 +139,7 @@ def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
         raise InputDataError(f"{what} is empty: give a folder (write '.' for the current one)")
     folder = Path(path)
     _check_name_lengths(folder, what)
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     if not existing.is_dir():
         blocker = "is a file" if existing == folder else f"lies under {existing}, which is a file"
         raise InputDataError(f"{what} {folder} {blocker}: give a folder")
@@ -151,13 +148,18 @@ def check_writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     return folder
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself, or its nearest ancestor that exists (what a folder not made yet would live in)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def _limit(folder: Path, name: str, default: int) -> int:
     """The file system's limit ``name`` (``PC_NAME_MAX``, ``PC_PATH_MAX``) where ``folder`` would live."""
-    existing = folder.absolute()
-    while existing != existing.parent and not os.path.isdir(existing):
-        existing = existing.parent
     try:
-        return int(os.pathconf(existing, name))
+        return int(os.pathconf(_nearest_existing(folder.absolute()), name))
     except (AttributeError, OSError, ValueError):
         return default
 

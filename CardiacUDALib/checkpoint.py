@@ -147,20 +147,21 @@ def load_checkpoint(
     return checkpoint
 
 
+def _description(method: str, label_map: dict, preprocess: dict) -> dict[str, Any]:
+    """What a model is, in a form two sources of it compare in (defaults filled, pairs as lists)."""
+    return {
+        "method": method,
+        "label map": LabelMap.from_dict(label_map).to_dict(),
+        "preprocessing": PreprocessConfig.from_dict(preprocess).to_dict(),
+    }
+
+
 def check_manifest_entry(path: str | os.PathLike[str], entry: ModelEntry) -> None:
     """Refuse a manifest model whose file holds another method, label map or preprocessing than its entry
     says: the SHA-256 proves that the file is the one the entry names, not that the entry describes it."""
     checkpoint = load_checkpoint(path)
-    said = {
-        "method": entry.method,
-        "label map": LabelMap.from_dict(entry.label_map).to_dict(),
-        "preprocessing": PreprocessConfig.from_dict(entry.preprocessing).to_dict(),
-    }
-    held = {
-        "method": checkpoint.method,
-        "label map": LabelMap.from_dict(checkpoint.label_map).to_dict(),
-        "preprocessing": PreprocessConfig.from_dict(checkpoint.preprocess).to_dict(),
-    }
+    said = _description(entry.method, entry.label_map, entry.preprocessing)
+    held = _description(checkpoint.method, checkpoint.label_map, checkpoint.preprocess)
     differing = [name for name in said if said[name] != held[name]]
     if differing:
         details = "; ".join(

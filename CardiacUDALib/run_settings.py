@@ -94,8 +94,9 @@ def _warn_of_a_scale_gap(job: TrainJob, preprocess: PreprocessConfig, emit: Even
         return
     spacings = [in_plane_spacing_of(read_spacing(case.image), preprocess.slice_axis) for case in job.target]
     target, model = float(np.median(spacings)), float(preprocess.in_plane_spacing)
-    if max(target / model, model / target) > SCALE_GAP:
-        ratio, finer = max(target / model, model / target), "finer" if target < model else "coarser"
+    ratio = max(target / model, model / target)
+    if ratio > SCALE_GAP:
+        finer = "finer" if target < model else "coarser"
         message = (
             f"the model is trained at the sources' median in-plane spacing, {model:g} mm, and the targets' "
             f"is {target:.2f} mm, {ratio:.1f} times {finer}: every target is resampled to {model:g} mm. If the "
